@@ -1,0 +1,141 @@
+"""Start the local stand-ins for Azure: Azurite (npm) and the Azure ML emulator, each on free ports.
+
+Used by the tests and by the local main job; never deployed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+AZURITE_ACCOUNT = "devstoreaccount1"
+# The Azurite well-known development key: public, documented, not a secret.
+AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for_port(port: int, process: subprocess.Popen, what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited with code {process.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"{what} did not listen on port {port} within {timeout:.0f}s")
+
+
+def azurite_binary() -> str:
+    local = ROOT / "node_modules" / ".bin" / "azurite"
+    if local.exists():
+        return str(local)
+    found = shutil.which("azurite")
+    if found:
+        return found
+    raise RuntimeError("Azurite is not installed: run `npm ci` in the repository root (see README)")
+
+
+@dataclass
+class Azurite:
+    """An Azurite process with its data in a folder of its own (a temp folder unless given)."""
+
+    location: str | None = None
+    blob_port: int = field(default_factory=free_port)
+    queue_port: int = field(default_factory=free_port)
+    table_port: int = field(default_factory=free_port)
+    process: subprocess.Popen | None = None
+    _tmp: tempfile.TemporaryDirectory | None = None
+
+    def start(self) -> Azurite:
+        if self.location is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="azurite-")
+            self.location = self._tmp.name
+        # --skipApiVersionCheck: the current storage SDKs speak a newer API version than Azurite knows.
+        command = [
+            azurite_binary(), "--silent", "--skipApiVersionCheck", "--loose", "--disableTelemetry",
+            "--location", self.location,
+            "--blobHost", "127.0.0.1", "--blobPort", str(self.blob_port),
+            "--queueHost", "127.0.0.1", "--queuePort", str(self.queue_port),
+            "--tableHost", "127.0.0.1", "--tablePort", str(self.table_port),
+        ]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        for port in (self.blob_port, self.queue_port, self.table_port):
+            _wait_for_port(port, self.process, "Azurite")
+        return self
+
+    @property
+    def connection_string(self) -> str:
+        return (
+            f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
+            f"BlobEndpoint=http://127.0.0.1:{self.blob_port}/{AZURITE_ACCOUNT};"
+            f"QueueEndpoint=http://127.0.0.1:{self.queue_port}/{AZURITE_ACCOUNT};"
+            f"TableEndpoint=http://127.0.0.1:{self.table_port}/{AZURITE_ACCOUNT};"
+        )
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self._tmp:
+            self._tmp.cleanup()
+            self._tmp = None
+
+
+@dataclass
+class EmulatorProcess:
+    """``python -m emulator`` in a child process; ``admin()`` calls its test API."""
+
+    api_key: str
+    port: int = 0
+    job_seconds: float = 1.0
+    process: subprocess.Popen | None = None
+    url: str = ""
+    bes_jobs_url: str = ""
+
+    def start(self) -> EmulatorProcess:
+        command = [sys.executable, "-m", "emulator", "--port", str(self.port), "--api-key", self.api_key,
+                   "--job-seconds", str(self.job_seconds)]
+        self.process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True,
+                                        env={**os.environ, "PYTHONPATH": str(ROOT)})
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the emulator exited with code {self.process.wait()}")
+        info = json.loads(line)
+        self.url, self.bes_jobs_url = info["url"], info["bes_jobs_url"]
+        return self
+
+    def admin(self, method: str, name: str, body: object | None = None) -> object:
+        response = requests.request(method, f"{self.url}/_emulator/{name}", json=body, timeout=10)
+        response.raise_for_status()
+        return response.json()
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()

@@ -1,0 +1,235 @@
+"""The run: one attempt to produce and ship a model from one dataset. Pure: no I/O here.
+
+A run moves through the states below; every move is recorded in its append-only history with who
+moved it, when and why, and the store persists each move ETag-conditionally.
+
+    Requested ──▶ Submitted ──▶ Running ──▶ Finished ──▶ ...  (judged and deployed by the poll issue)
+        │  ▲          │            │
+        ▼  │          ▼            ▼
+      Waiting       Failed     Failed / TimedOut / Cancelled
+        │
+        ▼
+    Superseded
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from shared.storage import BlobRef
+
+REQUESTED = "Requested"
+WAITING = "Waiting"
+SUBMITTED = "Submitted"
+RUNNING = "Running"
+FINISHED = "Finished"
+FAILED = "Failed"
+TIMED_OUT = "TimedOut"
+CANCELLED = "Cancelled"
+SUPERSEDED = "Superseded"
+
+TRANSITIONS: dict[str, frozenset[str]] = {
+    REQUESTED: frozenset({WAITING, SUBMITTED, SUPERSEDED, FAILED, CANCELLED}),
+    WAITING: frozenset({REQUESTED, SUPERSEDED, CANCELLED}),
+    SUBMITTED: frozenset({RUNNING, FAILED, CANCELLED, TIMED_OUT}),
+    RUNNING: frozenset({FINISHED, FAILED, CANCELLED, TIMED_OUT}),
+    FINISHED: frozenset(),
+    FAILED: frozenset(),
+    TIMED_OUT: frozenset(),
+    CANCELLED: frozenset(),
+    SUPERSEDED: frozenset(),
+}
+# States in which a run holds (or is about to hold) its pipeline's single training slot.
+ACTIVE = frozenset({REQUESTED, SUBMITTED, RUNNING})
+ENDED = frozenset({FAILED, TIMED_OUT, CANCELLED, SUPERSEDED, FINISHED})
+
+# Table Storage strings hold at most 32,768 characters; keep the history well inside that.
+HISTORY_LIMIT_CHARS = 30_000
+
+
+class InvalidTransition(ValueError):
+    pass
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def run_id_for(pipeline: str, blob: BlobRef) -> str:
+    """A deterministic id for training ``pipeline`` on one version of a blob.
+
+    The same blob delivered twice yields the same id (so one run); a new ETag yields a new id. The
+    upload time comes first so ids sort by when the data arrived, which orders coalescing.
+    """
+    digest = hashlib.sha256(f"{pipeline}\n{blob.container}\n{blob.name}\n{blob.etag}".encode()).hexdigest()
+    stamp = blob.last_modified.astimezone(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
+    return f"{stamp}Z-{digest[:16]}"
+
+
+@dataclass
+class Run:
+    """A run's state as stored in one Table entity (``PartitionKey`` = pipeline, ``RowKey`` = id)."""
+
+    pipeline: str
+    run_id: str
+    status: str
+    source: str
+    created_at: dt.datetime
+    updated_at: dt.datetime
+    blob_container: str = ""
+    blob_name: str = ""
+    blob_etag: str = ""
+    blob_size: int = 0
+    blob_last_modified: dt.datetime | None = None
+    job_id: str | None = None
+    attempts: int = 0
+    lease_owner: str | None = None
+    lease_until: dt.datetime | None = None
+    ended_at: dt.datetime | None = None
+    superseded_by: str | None = None
+    error: dict[str, Any] | None = None
+    outputs: dict[str, str] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    etag: str | None = None
+
+    @classmethod
+    def for_blob(cls, pipeline: str, blob: BlobRef, source: str, actor: str, now: dt.datetime) -> Run:
+        run = cls(
+            pipeline=pipeline,
+            run_id=run_id_for(pipeline, blob),
+            status=REQUESTED,
+            source=source,
+            created_at=now,
+            updated_at=now,
+            blob_container=blob.container,
+            blob_name=blob.name,
+            blob_etag=blob.etag,
+            blob_size=blob.size,
+            blob_last_modified=blob.last_modified,
+        )
+        run.history.append({"at": _iso(now), "to": REQUESTED, "by": actor, "reason": f"new data from {source}"})
+        return run
+
+    @property
+    def ended(self) -> bool:
+        return self.status in ENDED
+
+    def transition(self, to: str, *, by: str, reason: str, now: dt.datetime | None = None, **changes: Any) -> None:
+        """Move to ``to`` (if allowed), apply ``changes`` and append the move to the history."""
+        if to not in TRANSITIONS[self.status]:
+            raise InvalidTransition(f"run {self.run_id}: {self.status} -> {to} is not allowed")
+        now = now or utcnow()
+        entry = {"at": _iso(now), "from": self.status, "to": to, "by": by, "reason": reason[:500]}
+        self.status = to
+        self.updated_at = now
+        for name, value in changes.items():
+            if not hasattr(self, name):
+                raise AttributeError(name)
+            setattr(self, name, value)
+        if to in ENDED:
+            self.ended_at = now
+            self.lease_owner = self.lease_until = None
+        self.history.append(entry)
+
+    def note(self, *, by: str, reason: str, now: dt.datetime | None = None, **changes: Any) -> None:
+        """Record an event that changes fields but not the status (e.g. a failed attempt)."""
+        now = now or utcnow()
+        for name, value in changes.items():
+            if not hasattr(self, name):
+                raise AttributeError(name)
+            setattr(self, name, value)
+        self.updated_at = now
+        self.history.append({"at": _iso(now), "event": reason[:500], "by": by})
+
+    def lease_free(self, now: dt.datetime) -> bool:
+        return self.lease_until is None or self.lease_until <= now
+
+    # --- Table entity mapping -------------------------------------------------------------------
+
+    def to_entity(self) -> dict[str, Any]:
+        from azure.data.tables import EdmType, EntityProperty
+
+        return {
+            "PartitionKey": self.pipeline,
+            "RowKey": self.run_id,
+            "kind": "run",
+            "status": self.status,
+            "source": self.source,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "blob_container": self.blob_container,
+            "blob_name": self.blob_name,
+            "blob_etag": self.blob_etag,
+            "blob_size": EntityProperty(self.blob_size, EdmType.INT64),
+            "blob_last_modified": self.blob_last_modified,
+            "job_id": self.job_id,
+            "attempts": self.attempts,
+            "lease_owner": self.lease_owner,
+            "lease_until": self.lease_until,
+            "ended_at": self.ended_at,
+            "superseded_by": self.superseded_by,
+            "error": json.dumps(self.error) if self.error else None,
+            "outputs": json.dumps(self.outputs),
+            "history": _history_json(self.history),
+        }
+
+    @classmethod
+    def from_entity(cls, entity: Any) -> Run:
+        def get(name: str, default: Any = None) -> Any:
+            value = entity.get(name, default)
+            return getattr(value, "value", value) if value is not None else default
+
+        return cls(
+            pipeline=entity["PartitionKey"],
+            run_id=entity["RowKey"],
+            status=get("status"),
+            source=get("source", ""),
+            created_at=_dt(get("created_at")),
+            updated_at=_dt(get("updated_at")),
+            blob_container=get("blob_container", ""),
+            blob_name=get("blob_name", ""),
+            blob_etag=get("blob_etag", ""),
+            blob_size=int(get("blob_size", 0)),
+            blob_last_modified=_dt(get("blob_last_modified")),
+            job_id=get("job_id"),
+            attempts=int(get("attempts", 0)),
+            lease_owner=get("lease_owner"),
+            lease_until=_dt(get("lease_until")),
+            ended_at=_dt(get("ended_at")),
+            superseded_by=get("superseded_by"),
+            error=json.loads(get("error")) if get("error") else None,
+            outputs=json.loads(get("outputs") or "{}"),
+            history=json.loads(get("history") or "[]"),
+            etag=entity.metadata.get("etag") if hasattr(entity, "metadata") else None,
+        )
+
+
+def _iso(value: dt.datetime) -> str:
+    return value.astimezone(dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _dt(value: Any) -> dt.datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, dt.datetime):
+        return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+    return dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+
+
+def _history_json(history: list[dict[str, Any]]) -> str:
+    """Serialise the history; if it outgrows a Table string, keep the first and latest entries."""
+    text = json.dumps(history, separators=(",", ":"))
+    if len(text) <= HISTORY_LIMIT_CHARS:
+        return text
+    head, tail = history[:1], list(history[1:])
+    while tail:
+        tail.pop(0)
+        marker = {"event": f"{len(history) - 1 - len(tail)} older entries dropped (size limit)"}
+        text = json.dumps([*head, marker, *tail], separators=(",", ":"))
+        if len(text) <= HISTORY_LIMIT_CHARS:
+            return text
+    return json.dumps(head, separators=(",", ":"))

@@ -1,0 +1,145 @@
+"""Run state in Azure Table Storage. Every write is an insert-if-absent or an ETag-conditional update.
+
+Layout of the runs table (one table, so an operator finds everything in one place):
+
+* a run: ``PartitionKey`` = pipeline name, ``RowKey`` = run id (sorts by upload time);
+* a pipeline's slot: ``PartitionKey`` = ``_pipelines``, ``RowKey`` = pipeline name, holding the one
+  ``active_run`` and the newest ``waiting_run``. Triggers read this small entity, never the history.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from azure.core import MatchConditions
+from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
+from azure.data.tables import TableClient, TableServiceClient, UpdateMode
+
+from shared.runs import Run, utcnow
+
+PIPELINES_PARTITION = "_pipelines"
+# A bounded number of optimistic-concurrency retries; past it, something is hot-looping.
+MAX_CONFLICT_RETRIES = 20
+
+
+class StaleError(Exception):
+    """Someone else changed the entity since it was read (HTTP 412)."""
+
+
+class RunExists(Exception):
+    """A run with this id is already recorded (HTTP 409 on insert)."""
+
+
+@dataclass
+class PipelineSlot:
+    """Which run holds a pipeline's single training slot, and which newest upload waits for it."""
+
+    pipeline: str
+    active_run: str | None = None
+    waiting_run: str | None = None
+    updated_at: dt.datetime | None = None
+    etag: str | None = None
+
+
+class RunStore:
+    def __init__(self, table: TableClient) -> None:
+        self.table = table
+
+    @classmethod
+    def open(cls, service: TableServiceClient, table_name: str) -> RunStore:
+        """Open (creating if needed) the runs table."""
+        return cls(service.create_table_if_not_exists(table_name))
+
+    # --- runs -----------------------------------------------------------------------------------
+
+    def create(self, run: Run) -> Run:
+        try:
+            meta = self.table.create_entity(run.to_entity())
+        except ResourceExistsError:
+            raise RunExists(run.run_id) from None
+        run.etag = meta["etag"]
+        return run
+
+    def get(self, pipeline: str, run_id: str) -> Run | None:
+        try:
+            return Run.from_entity(self.table.get_entity(pipeline, run_id))
+        except ResourceNotFoundError:
+            return None
+
+    def save(self, run: Run) -> Run:
+        """Replace the run if nobody changed it since it was read; else raise :class:`StaleError`."""
+        if run.etag is None:
+            raise ValueError("save() needs a run that was read or created (no ETag)")
+        try:
+            meta = self.table.update_entity(
+                run.to_entity(), mode=UpdateMode.REPLACE, etag=run.etag, match_condition=MatchConditions.IfNotModified
+            )
+        except (ResourceModifiedError, ResourceNotFoundError):
+            raise StaleError(run.run_id) from None
+        run.etag = meta["etag"]
+        return run
+
+    def update(self, pipeline: str, run_id: str, change: Callable[[Run], bool]) -> Run | None:
+        """Read-modify-write until it sticks: ``change`` edits a fresh copy and returns whether to save.
+
+        Returns the run as stored afterwards (``None`` if it does not exist).
+        """
+        for _ in range(MAX_CONFLICT_RETRIES):
+            run = self.get(pipeline, run_id)
+            if run is None or not change(run):
+                return run
+            try:
+                return self.save(run)
+            except StaleError:
+                continue
+        raise StaleError(f"{run_id}: gave up after {MAX_CONFLICT_RETRIES} conflicting updates")
+
+    def list_runs(self, pipeline: str) -> Iterator[Run]:
+        query = "PartitionKey eq @pk"
+        for entity in self.table.query_entities(query, parameters={"pk": pipeline}):
+            yield Run.from_entity(entity)
+
+    # --- pipeline slot --------------------------------------------------------------------------
+
+    def get_slot(self, pipeline: str) -> PipelineSlot:
+        """Read a pipeline's slot, creating an empty one the first time."""
+        for _ in range(3):
+            try:
+                entity = self.table.get_entity(PIPELINES_PARTITION, pipeline)
+            except ResourceNotFoundError:
+                try:
+                    self.table.create_entity(
+                        {"PartitionKey": PIPELINES_PARTITION, "RowKey": pipeline, "kind": "pipeline",
+                         "updated_at": utcnow()}
+                    )
+                except ResourceExistsError:
+                    pass
+                continue
+            return PipelineSlot(
+                pipeline=pipeline,
+                active_run=entity.get("active_run") or None,
+                waiting_run=entity.get("waiting_run") or None,
+                updated_at=entity.get("updated_at"),
+                etag=entity.metadata["etag"],
+            )
+        raise RuntimeError(f"could not read or create the slot of pipeline {pipeline!r}")
+
+    def save_slot(self, slot: PipelineSlot) -> PipelineSlot:
+        entity = {
+            "PartitionKey": PIPELINES_PARTITION,
+            "RowKey": slot.pipeline,
+            "kind": "pipeline",
+            "active_run": slot.active_run,
+            "waiting_run": slot.waiting_run,
+            "updated_at": utcnow(),
+        }
+        try:
+            meta = self.table.update_entity(
+                entity, mode=UpdateMode.REPLACE, etag=slot.etag, match_condition=MatchConditions.IfNotModified
+            )
+        except ResourceModifiedError:
+            raise StaleError(slot.pipeline) from None
+        slot.etag = meta["etag"]
+        return slot

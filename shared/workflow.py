@@ -1,0 +1,395 @@
+"""Workflow steps composed from the clients: start a run for new data, coalesce, submit, cancel.
+
+Every step is safe to repeat: triggers fire twice, run concurrently on several instances, and crash
+half-way. Idempotency comes from deterministic run ids (insert-if-absent), a short lease on the
+run while one invocation submits it, and ETag-conditional updates of the run and the pipeline slot.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import logging
+from dataclasses import dataclass
+
+from shared import runs as R
+from shared.bes import BesClient, BesError, blob_reference
+from shared.redact import redact
+from shared.runs import Run, utcnow
+from shared.settings import Settings, get_settings
+from shared.storage import BlobRef, Storage
+from shared.store import MAX_CONFLICT_RETRIES, RunExists, RunStore, StaleError
+
+log = logging.getLogger(__name__)
+
+# How long one invocation may hold a run while it submits it before another may take over.
+LEASE = dt.timedelta(minutes=10)
+# The input/output SAS must outlive the job: its whole allowed time plus this margin.
+SAS_MARGIN = dt.timedelta(minutes=30)
+DATA_EXTENSIONS = (".csv", ".tsv", ".arff")
+
+
+@dataclass
+class Services:
+    """The clients a workflow step needs; tests build one pointed at Azurite and the emulator."""
+
+    settings: Settings
+    storage: Storage
+    store: RunStore
+    bes: BesClient
+
+
+def build_services(settings: Settings) -> Services:
+    storage = Storage(settings.storage_connection)
+    return Services(
+        settings=settings,
+        storage=storage,
+        store=RunStore.open(storage.tables, settings.runs_table),
+        bes=BesClient(settings.bes_jobs_url, settings.bes_api_key, timeout=settings.http_timeout_seconds),
+    )
+
+
+@functools.cache
+def get_services() -> Services:
+    """Process-wide clients, created on first use (not at import: keeps indexing fast)."""
+    return build_services(get_settings())
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one invocation did with a run: for the log line and for tests."""
+
+    run_id: str
+    status: str
+    action: str  # started | waiting | superseded | rejected | failed | duplicate | in_progress | retry
+
+
+class RetryLater(Exception):
+    """A transient failure was recorded on the run; raising lets the trigger deliver again."""
+
+
+# --- starting a run ---------------------------------------------------------------------------
+
+
+def start_run_for_blob(svc: Services, blob: BlobRef, *, source: str, actor: str, now: dt.datetime | None = None
+                       ) -> Outcome:
+    """Record a run for this version of ``blob`` and start training it, or queue it behind the active run.
+
+    The same blob version delivered again (or concurrently) finds its run and does nothing more,
+    unless an earlier delivery was interrupted before the job started, in which case it resumes.
+    """
+    now = now or utcnow()
+    run = Run.for_blob(svc.settings.pipeline, blob, source, actor, now)
+    problem = unusable_blob(blob)
+    if problem:
+        run.transition(R.FAILED, by=actor, reason=problem, now=now,
+                       error={"code": "UnusableTrainingBlob", "message": problem})
+        try:
+            svc.store.create(run)
+        except RunExists:
+            return _duplicate(svc, run.run_id)
+        log.warning("run %s: %s", run.run_id, problem)
+        return Outcome(run.run_id, run.status, "rejected")
+
+    run.attempts, run.lease_owner, run.lease_until = 1, actor, now + LEASE
+    try:
+        run = svc.store.create(run)
+        log.info("run %s recorded for %s (etag %s, %d bytes)", run.run_id, blob.path, blob.etag, blob.size)
+    except RunExists:
+        run = _take_over(svc, run.run_id, actor, now)
+        if isinstance(run, Outcome):
+            return run
+    return _admit_and_submit(svc, run, actor)
+
+
+def unusable_blob(blob: BlobRef) -> str | None:
+    """Why this blob cannot be training data, or ``None``. Checked before anything is sent to BES."""
+    if not blob.name.lower().endswith(DATA_EXTENSIONS):
+        return f"{blob.path!r} is not training data: BES reads only {', '.join(DATA_EXTENSIONS)} files"
+    if blob.size == 0:
+        return f"{blob.path!r} is empty"
+    return None
+
+
+def _duplicate(svc: Services, run_id: str) -> Outcome:
+    run = svc.store.get(svc.settings.pipeline, run_id)
+    log.info("run %s: duplicate delivery ignored (status %s)", run_id, run.status)
+    return Outcome(run_id, run.status, "duplicate")
+
+
+def _take_over(svc: Services, run_id: str, actor: str, now: dt.datetime) -> Run | Outcome:
+    """A delivery found its run already recorded: resume it only if it is stuck before Running."""
+    existing = svc.store.get(svc.settings.pipeline, run_id)
+    if existing.status not in (R.REQUESTED, R.SUBMITTED):
+        log.info("run %s: duplicate delivery ignored (status %s)", run_id, existing.status)
+        return Outcome(run_id, existing.status, "duplicate")
+    if not existing.lease_free(now):
+        log.info("run %s: another invocation (%s) is submitting it", run_id, existing.lease_owner)
+        return Outcome(run_id, existing.status, "in_progress")
+    if existing.attempts >= svc.settings.max_attempts:
+        return _fail(svc, existing, actor, f"gave up after {existing.attempts} attempts", existing.error)
+    existing.note(by=actor, reason=f"attempt {existing.attempts + 1}: resuming", now=now,
+                  attempts=existing.attempts + 1, lease_owner=actor, lease_until=now + LEASE)
+    try:
+        return svc.store.save(existing)
+    except StaleError:
+        return Outcome(run_id, existing.status, "in_progress")
+
+
+def _admit_and_submit(svc: Services, run: Run, actor: str) -> Outcome:
+    decision, other = _admit(svc, run, actor)
+    if decision == "active":
+        return _submit(svc, run, actor)
+    if decision == "waiting":
+        outcome = _settle(svc, run, actor, R.WAITING, "waiting for the active run to end")
+        if other:
+            _supersede(svc, other, by_run=run.run_id, actor=actor)
+        return outcome
+    return _settle(svc, run, actor, R.SUPERSEDED, f"newer data is already queued ({other})", superseded_by=other)
+
+
+def _admit(svc: Services, run: Run, actor: str) -> tuple[str, str | None]:
+    """Claim the pipeline's slot for ``run``: ``active``, ``waiting`` (displacing an older waiter), or
+    ``superseded`` (by a newer upload). Run ids sort by upload time, so "newer" is a string compare."""
+    store = svc.store
+    for _ in range(MAX_CONFLICT_RETRIES):
+        slot = store.get_slot(run.pipeline)
+        if slot.active_run and slot.active_run != run.run_id:
+            active = store.get(run.pipeline, slot.active_run)
+            if active is None or active.ended:
+                # The slot outlived its run (a crash between ending it and advancing): heal it.
+                advance_pipeline(svc, slot.active_run, actor)
+                continue
+            if run.run_id < slot.active_run:
+                return "superseded", slot.active_run
+        displaced = None
+        if slot.active_run in (None, run.run_id):
+            if slot.active_run == run.run_id:
+                return "active", None
+            slot.active_run = run.run_id
+            decision = "active"
+        elif slot.waiting_run == run.run_id:
+            return "waiting", None
+        elif slot.waiting_run is None or run.run_id > slot.waiting_run:
+            displaced, slot.waiting_run = slot.waiting_run, run.run_id
+            decision = "waiting"
+        else:
+            return "superseded", slot.waiting_run
+        try:
+            store.save_slot(slot)
+            return decision, displaced
+        except StaleError:
+            continue
+    raise StaleError(f"pipeline {run.pipeline}: slot too contended")
+
+
+def _settle(svc: Services, run: Run, actor: str, status: str, reason: str, **changes) -> Outcome:
+    """Move a run we hold the lease on to a resting state (Waiting/Superseded)."""
+
+    def change(current: Run) -> bool:
+        if current.status != R.REQUESTED or current.lease_owner != actor:
+            return False  # promoted or taken over meanwhile: the new holder decides
+        current.transition(status, by=actor, reason=reason, lease_owner=None, lease_until=None, **changes)
+        return True
+
+    current = svc.store.update(run.pipeline, run.run_id, change)
+    log.info("run %s: %s (%s)", run.run_id, current.status, reason)
+    action = {R.WAITING: "waiting", R.SUPERSEDED: "superseded"}.get(current.status, "duplicate")
+    return Outcome(run.run_id, current.status, action)
+
+
+def _supersede(svc: Services, run_id: str, *, by_run: str, actor: str) -> None:
+    def change(current: Run) -> bool:
+        if current.status not in (R.WAITING, R.REQUESTED) or current.job_id:
+            return False
+        current.transition(R.SUPERSEDED, by=actor, reason=f"newer data arrived ({by_run})", superseded_by=by_run)
+        return True
+
+    svc.store.update(svc.settings.pipeline, run_id, change)
+    log.info("run %s: superseded by %s", run_id, by_run)
+
+
+# --- submitting to BES ---------------------------------------------------------------------------
+
+
+def bes_request(svc: Services, run: Run, now: dt.datetime) -> tuple[dict, dict[str, str]]:
+    """The BES submit body for ``run`` and the output paths it names.
+
+    Input: a read-only SAS for exactly the training blob. Outputs: create/write SAS for exactly the
+    run's own, never-reused blobs. All expire when the job's allowed time (plus a margin) is over.
+    """
+    s, storage = svc.settings, svc.storage
+    expiry = now + dt.timedelta(minutes=s.job_timeout_minutes) + SAS_MARGIN
+    folder = f"{run.pipeline}/{run.run_id}"
+    outputs = {"model": f"{folder}/model.ilearner", "evaluation": f"{folder}/evaluation.csv"}
+    storage.ensure_container(s.models_container)
+    base = storage.blob_base_location
+
+    def output(blob: str) -> dict:
+        sas = storage.blob_sas(s.models_container, blob, "cw", expiry, now=now)
+        return blob_reference(base, f"{s.models_container}/{blob}", sas)
+
+    request = {
+        "Inputs": {
+            s.bes_input_name: blob_reference(
+                base,
+                f"{run.blob_container}/{run.blob_name}",
+                storage.blob_sas(run.blob_container, run.blob_name, "r", expiry, now=now),
+            )
+        },
+        "Outputs": {
+            s.bes_model_output: output(outputs["model"]),
+            s.bes_evaluation_output: output(outputs["evaluation"]),
+        },
+        "GlobalParameters": dict(s.bes_global_parameters),
+    }
+    return request, {k: f"{s.models_container}/{v}" for k, v in outputs.items()}
+
+
+def _submit(svc: Services, run: Run, actor: str) -> Outcome:
+    """Create and start the run's BES job. The job id is recorded before starting, so a retry starts
+    the same job instead of creating another."""
+    try:
+        if run.job_id is None:
+            request, outputs = bes_request(svc, run, utcnow())
+            job_id = svc.bes.submit(request)
+            run.transition(R.SUBMITTED, by=actor, reason=f"BES job {job_id} created", job_id=job_id,
+                           outputs=outputs, error=None)
+            try:
+                run = svc.store.save(run)
+            except StaleError:
+                # Someone else moved the run (e.g. an operator cancelled it): our job must not run.
+                _cancel_quietly(svc, job_id)
+                current = svc.store.get(run.pipeline, run.run_id)
+                return Outcome(run.run_id, current.status, "duplicate")
+        _start(svc, run)
+    except BesError as exc:
+        return _submit_failed(svc, run, exc, actor)
+
+    def change(current: Run) -> bool:
+        if current.status != R.SUBMITTED:
+            return False
+        current.transition(R.RUNNING, by=actor, reason=f"BES job {current.job_id} started",
+                           lease_owner=None, lease_until=None)
+        return True
+
+    current = svc.store.update(run.pipeline, run.run_id, change)
+    log.info("run %s: BES job %s started", run.run_id, run.job_id)
+    return Outcome(run.run_id, current.status, "started")
+
+
+def _start(svc: Services, run: Run) -> None:
+    try:
+        svc.bes.start(run.job_id)
+    except BesError as exc:
+        if "CannotStartJob" not in exc.detail_codes:
+            raise
+        # Started by an earlier, interrupted attempt: fine as long as the job is alive or done.
+        status = svc.bes.status(run.job_id)
+        if status.status not in ("Running", "Finished"):
+            raise BesError(
+                f"job {run.job_id} cannot be started: it is {status.status}. {status.details or ''}".strip(),
+                operation="start", code="InvalidOperation", detail_codes=("CannotStartJob",),
+                http_status=exc.http_status,
+            ) from None
+
+
+def _submit_failed(svc: Services, run: Run, exc: BesError, actor: str) -> Outcome:
+    error = exc.as_record()
+    if not exc.transient or run.attempts >= svc.settings.max_attempts:
+        reason = str(exc) if not exc.transient else f"gave up after {run.attempts} attempts: {exc}"
+        return _fail(svc, run, actor, reason, error)
+
+    def change(current: Run) -> bool:
+        current.note(by=actor, reason=f"attempt {current.attempts} failed: {exc}", error=error,
+                     lease_owner=None, lease_until=None)
+        return True
+
+    svc.store.update(run.pipeline, run.run_id, change)
+    log.warning("run %s: attempt %d failed, will retry: %s", run.run_id, run.attempts, exc)
+    raise RetryLater(f"run {run.run_id}: {exc}") from None
+
+
+def _fail(svc: Services, run: Run, actor: str, reason: str, error: dict | None) -> Outcome:
+    def change(current: Run) -> bool:
+        if current.ended:
+            return False
+        current.transition(R.FAILED, by=actor, reason=redact(reason), error=error)
+        return True
+
+    current = svc.store.update(run.pipeline, run.run_id, change)
+    log.error("run %s failed: %s", run.run_id, redact(reason))
+    advance_pipeline(svc, run.run_id, actor)
+    return Outcome(run.run_id, current.status, "failed")
+
+
+def _cancel_quietly(svc: Services, job_id: str) -> None:
+    try:
+        svc.bes.cancel(job_id)
+    except BesError as exc:
+        log.warning("could not cancel BES job %s: %s", job_id, exc)
+
+
+# --- ending runs and moving the queue on ----------------------------------------------------------
+
+
+def advance_pipeline(svc: Services, ended_run_id: str, actor: str) -> Outcome | None:
+    """After ``ended_run_id`` ended, hand the slot to the newest waiting upload and start it."""
+    store, pipeline = svc.store, svc.settings.pipeline
+    for _ in range(MAX_CONFLICT_RETRIES):
+        slot = store.get_slot(pipeline)
+        if slot.active_run != ended_run_id:
+            return None  # not the active run, or someone already advanced
+        next_id, slot.active_run, slot.waiting_run = slot.waiting_run, slot.waiting_run, None
+        try:
+            store.save_slot(slot)
+            break
+        except StaleError:
+            continue
+    else:
+        raise StaleError(f"pipeline {pipeline}: slot too contended")
+    if next_id is None:
+        return None
+    now = utcnow()
+
+    def promote(current: Run) -> bool:
+        if current.status not in (R.WAITING, R.REQUESTED):
+            return False
+        reason = f"promoted: run {ended_run_id} ended"
+        if current.status == R.WAITING:
+            current.transition(R.REQUESTED, by=actor, reason=reason, now=now)
+        else:
+            current.note(by=actor, reason=reason, now=now)
+        current.attempts += 1
+        current.lease_owner, current.lease_until = actor, now + LEASE
+        return True
+
+    run = store.update(pipeline, next_id, promote)
+    if run is None or run.lease_owner != actor or run.status != R.REQUESTED:
+        return None
+    log.info("run %s: promoted after %s ended", next_id, ended_run_id)
+    return _submit(svc, run, actor)
+
+
+def cancel_run(svc: Services, run_id: str, *, actor: str, reason: str) -> Run | None:
+    """Cancel a run (and its BES job, if any); the pipeline moves on to the newest waiting upload."""
+    run = svc.store.get(svc.settings.pipeline, run_id)
+    if run is None or run.ended:
+        return run
+    if run.job_id:
+        try:
+            svc.bes.cancel(run.job_id)
+        except BesError as exc:
+            if exc.http_status != 404:
+                raise
+
+    def change(current: Run) -> bool:
+        if current.ended:
+            return False
+        current.transition(R.CANCELLED, by=actor, reason=reason)
+        return True
+
+    run = svc.store.update(svc.settings.pipeline, run_id, change)
+    log.info("run %s: cancelled (%s)", run_id, reason)
+    advance_pipeline(svc, run_id, actor)
+    return run
