@@ -1,0 +1,90 @@
+"""Fixtures: real Azurite (npm) and the real emulator process, both on free ports, data in temp folders.
+
+Each test gets its own containers and runs table, so tests never see each other's state.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import pytest
+
+from localdev.services import Azurite, EmulatorProcess
+from shared import settings as settings_module
+from shared import workflow
+from shared.settings import Settings
+from shared.storage import BlobRef
+
+API_KEY = "test-api-key-" + "x" * 40  # an obviously fake key
+SAMPLE = (Path(__file__).resolve().parent.parent / "emulator" / "data" / "sample-training.csv").read_bytes()
+
+
+@pytest.fixture(scope="session")
+def azurite():
+    instance = Azurite().start()
+    yield instance
+    instance.stop()
+
+
+@pytest.fixture(scope="session")
+def emulator():
+    instance = EmulatorProcess(api_key=API_KEY, job_seconds=0.3).start()
+    yield instance
+    instance.stop()
+
+
+@pytest.fixture
+def fresh_emulator(emulator):
+    emulator.admin("POST", "reset")
+    emulator.admin("POST", "config", {"job_seconds": 0.3, "legacy_status_codes": False})
+    return emulator
+
+
+@pytest.fixture
+def env(azurite, fresh_emulator) -> dict[str, str]:
+    uid = uuid.uuid4().hex[:10]
+    return {
+        "AzureWebJobsStorage": azurite.connection_string,
+        "BES_JOBS_URL": fresh_emulator.bes_jobs_url,
+        "BES_API_KEY": API_KEY,
+        "TRAINING_CONTAINER": f"train-{uid}",
+        "MODELS_CONTAINER": f"models-{uid}",
+        "RUNS_TABLE": f"runs{uid}",
+        "TRAINING_BLOB_SOURCE": "LogsAndContainerScan",
+    }
+
+
+@pytest.fixture
+def settings(env) -> Settings:
+    return Settings.from_env(env)
+
+
+@pytest.fixture
+def svc(settings) -> workflow.Services:
+    services = workflow.build_services(settings)
+    services.storage.ensure_container(settings.training_container)
+    return services
+
+
+@pytest.fixture
+def app_env(env, monkeypatch):
+    """The process environment the Functions host would give the worker, with caches cleared."""
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    settings_module.get_settings.cache_clear()
+    workflow.get_services.cache_clear()
+    yield env
+    settings_module.get_settings.cache_clear()
+    workflow.get_services.cache_clear()
+
+
+def upload(svc: workflow.Services, name: str, data: bytes = SAMPLE) -> BlobRef:
+    """Upload training data as a user would and return the version the trigger would see."""
+    container = svc.settings.training_container
+    svc.storage.blobs.get_blob_client(container, name).upload_blob(data, overwrite=True)
+    return svc.storage.blob_ref(container, name)
+
+
+def jobs(emulator) -> list[dict]:
+    return emulator.admin("GET", "jobs")
