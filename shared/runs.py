@@ -63,7 +63,7 @@ def run_id_for(pipeline: str, blob: BlobRef) -> str:
     """A deterministic id for training ``pipeline`` on one version of a blob.
 
     The same blob delivered twice yields the same id (so one run); a new ETag yields a new id. The
-    upload time comes first so ids sort by when the data arrived, which orders coalescing.
+    upload time comes first so an operator's listing sorts by when the data arrived.
     """
     digest = hashlib.sha256(f"{pipeline}\n{blob.container}\n{blob.name}\n{blob.etag}".encode()).hexdigest()
     stamp = blob.last_modified.astimezone(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
@@ -113,6 +113,13 @@ class Run:
         )
         run.history.append({"at": _iso(now), "to": REQUESTED, "by": actor, "reason": f"new data from {source}"})
         return run
+
+    @property
+    def order_key(self) -> str:
+        """Sorts runs by when their data arrived: blob upload time (whole seconds, all storage gives),
+        then when the run was recorded, so two uploads in the same second keep their arrival order."""
+        uploaded = (self.blob_last_modified or self.created_at).astimezone(dt.timezone.utc)
+        return f"{uploaded:%Y%m%dT%H%M%S}|{self.created_at.astimezone(dt.timezone.utc):%Y%m%dT%H%M%S.%f}"
 
     @property
     def ended(self) -> bool:

@@ -39,6 +39,7 @@ class PipelineSlot:
     pipeline: str
     active_run: str | None = None
     waiting_run: str | None = None
+    waiting_key: str | None = None  # the waiting run's order key, so newer/older needs no extra read
     updated_at: dt.datetime | None = None
     etag: str | None = None
 
@@ -121,6 +122,7 @@ class RunStore:
                 pipeline=pipeline,
                 active_run=entity.get("active_run") or None,
                 waiting_run=entity.get("waiting_run") or None,
+                waiting_key=entity.get("waiting_key") or None,
                 updated_at=entity.get("updated_at"),
                 etag=entity.metadata["etag"],
             )
@@ -133,6 +135,7 @@ class RunStore:
             "kind": "pipeline",
             "active_run": slot.active_run,
             "waiting_run": slot.waiting_run,
+            "waiting_key": slot.waiting_key,
             "updated_at": utcnow(),
         }
         try:

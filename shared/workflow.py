@@ -150,8 +150,8 @@ def _admit_and_submit(svc: Services, run: Run, actor: str) -> Outcome:
 
 def _admit(svc: Services, run: Run, actor: str) -> tuple[str, str | None]:
     """Claim the pipeline's slot for ``run``: ``active``, ``waiting`` (displacing an older waiter), or
-    ``superseded`` (by a newer upload). Run ids sort by upload time, so "newer" is a string compare."""
-    store = svc.store
+    ``superseded`` (by newer data). Returns the decision and the other run it concerns."""
+    store, key = svc.store, run.order_key
     for _ in range(MAX_CONFLICT_RETRIES):
         slot = store.get_slot(run.pipeline)
         if slot.active_run and slot.active_run != run.run_id:
@@ -160,18 +160,18 @@ def _admit(svc: Services, run: Run, actor: str) -> tuple[str, str | None]:
                 # The slot outlived its run (a crash between ending it and advancing): heal it.
                 advance_pipeline(svc, slot.active_run, actor)
                 continue
-            if run.run_id < slot.active_run:
+            if key < active.order_key:
                 return "superseded", slot.active_run
         displaced = None
-        if slot.active_run in (None, run.run_id):
-            if slot.active_run == run.run_id:
-                return "active", None
+        if slot.active_run == run.run_id:
+            return "active", None
+        if slot.active_run is None:
             slot.active_run = run.run_id
             decision = "active"
         elif slot.waiting_run == run.run_id:
             return "waiting", None
-        elif slot.waiting_run is None or run.run_id > slot.waiting_run:
-            displaced, slot.waiting_run = slot.waiting_run, run.run_id
+        elif slot.waiting_run is None or key > (slot.waiting_key or ""):
+            displaced, slot.waiting_run, slot.waiting_key = slot.waiting_run, run.run_id, key
             decision = "waiting"
         else:
             return "superseded", slot.waiting_run
@@ -340,7 +340,7 @@ def advance_pipeline(svc: Services, ended_run_id: str, actor: str) -> Outcome | 
         slot = store.get_slot(pipeline)
         if slot.active_run != ended_run_id:
             return None  # not the active run, or someone already advanced
-        next_id, slot.active_run, slot.waiting_run = slot.waiting_run, slot.waiting_run, None
+        next_id, slot.active_run, slot.waiting_run, slot.waiting_key = slot.waiting_run, slot.waiting_run, None, None
         try:
             store.save_slot(slot)
             break
