@@ -33,8 +33,9 @@ def retrain_on_upload(blob: blob_types.BlobClient, context: func.Context) -> Non
     try:
         props = blob.get_blob_properties()
     except ResourceNotFoundError:
-        log.warning("blob %s/%s vanished before it could be read; nothing to train", blob.container_name,
-                    blob.blob_name)
+        log.warning(
+            "blob %s/%s vanished before it could be read; nothing to train", blob.container_name, blob.blob_name
+        )
         return
     ref = blob_ref_from_properties(blob.container_name, blob.blob_name, props)
     outcome = workflow.start_run_for_blob(

@@ -7,6 +7,7 @@ until interrupted. ``--port 0`` picks a free port.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import signal
@@ -17,8 +18,10 @@ from emulator.app import DEFAULT_SERVICE, DEFAULT_WORKSPACE, create
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m emulator", description="Local Azure ML Studio (classic) "
-                                     "emulator: BES for a training web service.")
+    parser = argparse.ArgumentParser(
+        prog="python -m emulator",
+        description="Local Azure ML Studio (classic) emulator: BES for a training web service.",
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8900, help="0 = any free port")
     parser.add_argument("--api-key", required=True, help="API key of the seeded training service")
@@ -32,14 +35,14 @@ def main(argv: list[str] | None = None) -> None:
     emulator, _ = create(api_key=args.api_key, workspace=args.workspace, service=args.service)
     emulator.config["job_seconds"] = args.job_seconds
     url = emulator.serve(args.host, args.port)
-    print(json.dumps({"url": url, "bes_jobs_url": f"{url}/workspaces/{args.workspace}/services/{args.service}/jobs"}),
-          flush=True)
+    print(
+        json.dumps({"url": url, "bes_jobs_url": f"{url}/workspaces/{args.workspace}/services/{args.service}/jobs"}),
+        flush=True,
+    )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         stop.wait()
-    except KeyboardInterrupt:
-        pass
     emulator.shutdown()
     sys.exit(0)
 

@@ -57,9 +57,18 @@ class Job:
     cancelled: threading.Event = field(default_factory=threading.Event)
 
     def summary(self) -> dict:
-        return {"id": self.id, "workspace": self.service.workspace, "service": self.service.service,
-                "status": self.status, "details": self.details, "request": self.request, "metrics": self.metrics,
-                "created": self.created, "started": self.started, "ended": self.ended}
+        return {
+            "id": self.id,
+            "workspace": self.service.workspace,
+            "service": self.service.service,
+            "status": self.status,
+            "details": self.details,
+            "request": self.request,
+            "metrics": self.metrics,
+            "created": self.created,
+            "started": self.started,
+            "ended": self.ended,
+        }
 
 
 class BatchExecutionService:
@@ -104,12 +113,14 @@ class BatchExecutionService:
             raise HttpError(400, "BadArgument", "Invalid argument provided.", [("BadVersionCall", _BAD_VERSION)])
         service = self.services.get((request.params["ws"].lower(), request.params["svc"].lower()))
         if service is None:
-            raise HttpError(404, "NotFound", "Resource not found.",
-                            [("WebServiceNotFound", "The web service was not found.")])
+            raise HttpError(
+                404, "NotFound", "Resource not found.", [("WebServiceNotFound", "The web service was not found.")]
+            )
         scheme, _, key = (request.headers.get("Authorization") or "").partition(" ")
         if scheme.lower() != "bearer" or not any(hmac.compare_digest(key.strip(), k) for k in service.api_keys):
-            raise HttpError(401, "Unauthorized", "Unauthorized",
-                            [("ScoreRequestUnauthorized", "Invalid credentials provided.")])
+            raise HttpError(
+                401, "Unauthorized", "Unauthorized", [("ScoreRequestUnauthorized", "Invalid credentials provided.")]
+            )
         return service
 
     def _job(self, request: Request, service: TrainingService) -> Job:
@@ -137,26 +148,33 @@ class BatchExecutionService:
             raise _bad("RequestBodyInvalid", "Inputs must be an object keyed by input name.")
         unknown = [name for name in raw_inputs if name not in service.inputs]
         if unknown:
-            raise _bad("InvalidInputNames", f"Invalid input name(s) {', '.join(unknown)}. Expected: "
-                                            f"{', '.join(service.inputs)}. Case sensitivity applies.")
+            raise _bad(
+                "InvalidInputNames",
+                f"Invalid input name(s) {', '.join(unknown)}. Expected: "
+                f"{', '.join(service.inputs)}. Case sensitivity applies.",
+            )
         missing = [name for name in service.inputs if name not in raw_inputs]
         if missing:
             raise _bad("BatchJobInputsNotSpecified", f"Missing input(s): {', '.join(missing)}.")
         raw_outputs = body.get("Outputs")
         if not isinstance(raw_outputs, dict) or not raw_outputs:
-            raise _bad("MissingOutputOverrideSpecification",
-                       "Outputs must name a blob location for every web service output.")
+            raise _bad(
+                "MissingOutputOverrideSpecification", "Outputs must name a blob location for every web service output."
+            )
         for name in raw_outputs:
             if name not in service.outputs:
-                raise _bad("InvalidOutputOverrideName", f"Invalid output override name {name}. Expected: "
-                                                        f"{', '.join(service.outputs)}. Case sensitivity applies.")
+                raise _bad(
+                    "InvalidOutputOverrideName",
+                    f"Invalid output override name {name}. Expected: "
+                    f"{', '.join(service.outputs)}. Case sensitivity applies.",
+                )
         missing = [name for name in service.outputs if name not in raw_outputs]
         if missing:
             raise _bad("MissingRequiredOutputOverrides", f"Missing output override(s): {', '.join(missing)}.")
 
         inputs = {name: _reference(ref, f"input {name}") for name, ref in raw_inputs.items()}
         outputs = {name: _reference(ref, f"output {name}") for name, ref in raw_outputs.items()}
-        for name, ref in inputs.items():
+        for ref in inputs.values():
             _check_extension(ref, DATASET_EXTENSIONS)
         for name, ref in outputs.items():
             _check_extension(ref, MODEL_EXTENSIONS if service.kind_of(name) == "model" else DATASET_EXTENSIONS)
@@ -177,12 +195,17 @@ class BatchExecutionService:
         job = self._job(request, service)
         with self.emulator.lock:
             if job.status != "NotStarted":
-                raise HttpError(400, "InvalidOperation", "Invalid operation.", [
-                    ("CannotStartJob", f"The job cannot be started because it is in {job.status} state.")])
+                raise HttpError(
+                    400,
+                    "InvalidOperation",
+                    "Invalid operation.",
+                    [("CannotStartJob", f"The job cannot be started because it is in {job.status} state.")],
+                )
             job.status, job.started = "Running", dt.datetime.now(dt.timezone.utc).timestamp()
         fault = self.emulator.take_fault("bes.job", kind="job")
-        threading.Thread(target=self._run, args=(job, fault.fail if fault else None), daemon=True,
-                         name=f"job-{job.id}").start()
+        threading.Thread(
+            target=self._run, args=(job, fault.fail if fault else None), daemon=True, name=f"job-{job.id}"
+        ).start()
         return Response(200)
 
     def status(self, request: Request) -> Response:
@@ -214,7 +237,7 @@ class BatchExecutionService:
         try:
             if injected_failure:
                 raise training.ModuleError(injected_failure)
-            (name, source), = job.inputs.items()
+            ((_name, source),) = job.inputs.items()
             text = source.client().download_blob().readall().decode("utf-8-sig")
             model, metrics = training.train(
                 text,
@@ -233,7 +256,7 @@ class BatchExecutionService:
             job.metrics = metrics
         except training.ModuleError as exc:
             outcome, details = "Failed", f"Module execution encountered an error. {exc}"
-        except Exception as exc:  # noqa: BLE001 - storage errors end the job like module errors do
+        except Exception as exc:
             outcome, details = "Failed", f"Error reading or writing a blob: {type(exc).__name__}: {str(exc)[:300]}"
         with self.emulator.lock:
             if job.status == "Running":
@@ -257,8 +280,10 @@ def _body(request: Request) -> dict:
     known = {"Inputs", "Input", "Outputs", "GlobalParameters"}
     unknown = sorted(set(body) - known)
     if unknown:
-        raise _bad("RequestBodyInvalid", f"Unknown member(s) {', '.join(unknown)}. Keys are PascalCase: "
-                                         f"{', '.join(sorted(known))}.")
+        raise _bad(
+            "RequestBodyInvalid",
+            f"Unknown member(s) {', '.join(unknown)}. Keys are PascalCase: {', '.join(sorted(known))}.",
+        )
     return body
 
 
@@ -271,9 +296,11 @@ def _reference(value: object, what: str) -> BlobReference:
 
 def _check_extension(ref: BlobReference, allowed: tuple[str, ...]) -> None:
     if ref.extension not in allowed:
-        raise _bad("InvalidBlobExtension",
-                   f"The blob reference: {ref.relative_location} has an invalid or missing file extension. "
-                   f"Supported file extensions for this output type are: \"{', '.join(allowed)}\".")
+        raise _bad(
+            "InvalidBlobExtension",
+            f"The blob reference: {ref.relative_location} has an invalid or missing file extension. "
+            f'Supported file extensions for this output type are: "{", ".join(allowed)}".',
+        )
 
 
 def _check_readable(ref: BlobReference) -> None:
@@ -284,8 +311,7 @@ def _check_readable(ref: BlobReference) -> None:
     except ResourceNotFoundError:
         raise _bad("BlobNotFound", f"Blob {ref.relative_location} was not found.") from None
     except HttpResponseError as exc:
-        raise _bad("InvalidBlob", f"Blob {ref.relative_location} could not be read: "
-                                  f"HTTP {exc.status_code}.") from None
+        raise _bad("InvalidBlob", f"Blob {ref.relative_location} could not be read: HTTP {exc.status_code}.") from None
 
 
 def _parameters(value: object, service: TrainingService) -> dict[str, Any]:
@@ -295,9 +321,17 @@ def _parameters(value: object, service: TrainingService) -> dict[str, Any]:
         raise _bad("RequestBodyInvalid", "GlobalParameters must be an object.")
     unexpected = [name for name in value if name not in service.parameters]
     if unexpected:
-        raise HttpError(400, "BadUserArgument", "Invalid argument provided.",
-                        [("UnexpectedParameter", f"Unexpected parameter(s): {', '.join(unexpected)}. "
-                                                 "Parameter names are case-sensitive.")])
+        raise HttpError(
+            400,
+            "BadUserArgument",
+            "Invalid argument provided.",
+            [
+                (
+                    "UnexpectedParameter",
+                    f"Unexpected parameter(s): {', '.join(unexpected)}. Parameter names are case-sensitive.",
+                )
+            ],
+        )
     missing = [name for name in service.required_parameters if name not in value]
     if missing:
         raise _bad("MissingRequiredGlobalParameters", f"Missing global parameter(s): {', '.join(missing)}.")

@@ -67,14 +67,26 @@ class BlobReference:
             parts = dict(p.split("=", 1) for p in self.connection_string.split(";") if "=" in p)
             service = BlobServiceClient.from_connection_string(self.connection_string)
             token = generate_blob_sas(
-                account_name=parts["AccountName"], container_name=self.container, blob_name=self.blob,
-                account_key=parts["AccountKey"], permission=BlobSasPermissions(read=True),
-                start=now - dt.timedelta(minutes=5), expiry=now + dt.timedelta(hours=24),
+                account_name=parts["AccountName"],
+                container_name=self.container,
+                blob_name=self.blob,
+                account_key=parts["AccountKey"],
+                permission=BlobSasPermissions(read=True),
+                start=now - dt.timedelta(minutes=5),
+                expiry=now + dt.timedelta(hours=24),
             )
-            return {"ConnectionString": None, "RelativeLocation": self.relative_location,
-                    "BaseLocation": service.url.rstrip("/") + "/", "SasBlobToken": "?" + token}
-        return {"ConnectionString": None, "RelativeLocation": self.relative_location,
-                "BaseLocation": self.base_location, "SasBlobToken": self.sas_token}
+            return {
+                "ConnectionString": None,
+                "RelativeLocation": self.relative_location,
+                "BaseLocation": service.url.rstrip("/") + "/",
+                "SasBlobToken": "?" + token,
+            }
+        return {
+            "ConnectionString": None,
+            "RelativeLocation": self.relative_location,
+            "BaseLocation": self.base_location,
+            "SasBlobToken": self.sas_token,
+        }
 
 
 def parse_reference(value: object, what: str) -> BlobReference:

@@ -23,7 +23,7 @@ def generate(rows: int = 600, *, seed: int = 7, label_noise: float = 0.05) -> st
     flip = rng.random(rows) < label_noise
     y = np.where(flip, 1 - y, y)
     lines = [",".join((*FEATURES, "label"))]
-    lines += [",".join([*(f"{v:.4f}" for v in row), str(label)]) for row, label in zip(x, y)]
+    lines += [",".join([*(f"{v:.4f}" for v in row), str(label)]) for row, label in zip(x, y, strict=False)]
     return "\n".join(lines) + "\n"
 
 

@@ -16,6 +16,7 @@ Admin API (JSON, under ``/_emulator/``; never subject to faults):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -42,13 +43,20 @@ _DEFAULT_FAULT_ERRORS = {
 
 def error_body(code: str, message: str, details: list[tuple[str, str]] | None = None) -> dict:
     """The runtime/management error shape: ``{"error": {code, message, details: [{code, message}]}}``."""
-    return {"error": {"code": code, "message": message,
-                      "details": [{"code": c, "message": m} for c, m in (details or [])]}}
+    return {
+        "error": {"code": code, "message": message, "details": [{"code": c, "message": m} for c, m in (details or [])]}
+    }
 
 
 class HttpError(Exception):
-    def __init__(self, status: int, code: str, message: str, details: list[tuple[str, str]] | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        details: list[tuple[str, str]] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status, self.body, self.headers = status, error_body(code, message, details), headers or {}
 
@@ -204,25 +212,30 @@ class Emulator:
         parts = urlsplit(handler.path)
         length = int(handler.headers.get("Content-Length") or 0)
         body = handler.rfile.read(length) if length else b""
-        request = Request(handler.command, unquote(parts.path), parse_qs(parts.query, keep_blank_values=True),
-                          handler.headers, body)
-        entry = {"at": time.time(), "method": request.method, "path": request.path, "query": parts.query,
-                 "route": None, "status": None}
+        request = Request(
+            handler.command, unquote(parts.path), parse_qs(parts.query, keep_blank_values=True), handler.headers, body
+        )
+        entry = {
+            "at": time.time(),
+            "method": request.method,
+            "path": request.path,
+            "query": parts.query,
+            "route": None,
+            "status": None,
+        }
         try:
             response = self._handle(request, entry, handler)
         except HttpError as exc:
             response = Response(exc.status, exc.body, exc.headers)
-        except Exception as exc:  # noqa: BLE001 - a bug in the emulator must still answer
+        except Exception as exc:
             log.exception("emulator error on %s %s", request.method, request.path)
             response = Response(500, error_body("InternalError", f"emulator error: {exc}"))
         if response is None:  # dropped
             entry["status"] = "dropped"
             self._record(entry)
             handler.close_connection = True
-            try:
+            with contextlib.suppress(OSError):
                 handler.connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
             return
         entry["status"] = response.status
         self._record(entry)
@@ -235,7 +248,7 @@ class Emulator:
     def _handle(self, request: Request, entry: dict, handler: BaseHTTPRequestHandler) -> Response | None:
         if request.path.startswith("/_emulator/"):
             entry["route"] = "admin"
-            admin = self._admin.get((request.method, request.path[len("/_emulator/"):].strip("/")))
+            admin = self._admin.get((request.method, request.path[len("/_emulator/") :].strip("/")))
             if admin is None:
                 raise HttpError(404, "NotFound", "unknown admin route")
             return admin(request)
@@ -254,8 +267,9 @@ class Emulator:
                         return _fault_response(fault)
                 return route_handler(request)
         if any(pattern.match(request.path) for _, pattern, _, _ in self.routes):
-            raise HttpError(405, "MethodNotAllowed", f"The requested resource does not support http method "
-                                                      f"'{request.method}'.")
+            raise HttpError(
+                405, "MethodNotAllowed", f"The requested resource does not support http method '{request.method}'."
+            )
         raise HttpError(404, "NotFound", "The requested resource was not found.")
 
     @staticmethod
@@ -279,8 +293,9 @@ class Emulator:
 def _fault_response(fault: Fault) -> Response:
     headers = {}
     if fault.retry_after is not None:
-        headers["Retry-After"] = str(int(fault.retry_after)) if float(fault.retry_after).is_integer() \
-            else str(fault.retry_after)
+        headers["Retry-After"] = (
+            str(int(fault.retry_after)) if float(fault.retry_after).is_integer() else str(fault.retry_after)
+        )
     body = fault.body
     if body is None:
         code, detail, message = _DEFAULT_FAULT_ERRORS.get(fault.status, ("BadArgument", "UnknownError", "Injected"))

@@ -36,8 +36,9 @@ def read_table(text: str, delimiter: str = ",") -> tuple[list[str], np.ndarray]:
     return header, values
 
 
-def train(text: str, *, label: str = "label", delimiter: str = ",", seed: int = 42, test_fraction: float = 0.25
-          ) -> tuple[dict, dict[str, float]]:
+def train(
+    text: str, *, label: str = "label", delimiter: str = ",", seed: int = 42, test_fraction: float = 0.25
+) -> tuple[dict, dict[str, float]]:
     """Train on the CSV ``text``; return the model document and the evaluation metrics."""
     header, values = read_table(text, delimiter)
     if label not in header:
@@ -69,7 +70,7 @@ def train(text: str, *, label: str = "label", delimiter: str = ",", seed: int = 
         "scale": scale.tolist(),
         "weights": weights.tolist(),
         "bias": float(bias),
-        "rows": int(len(y)),
+        "rows": len(y),
     }
     return model, metrics
 
@@ -106,7 +107,7 @@ def auc(y: np.ndarray, scores: np.ndarray) -> float:
         j = i
         while j + 1 < len(scores) and sorted_scores[j + 1] == sorted_scores[i]:
             j += 1
-        ranks[order[i:j + 1]] = (i + j) / 2 + 1
+        ranks[order[i : j + 1]] = (i + j) / 2 + 1
         i = j + 1
     return float((ranks[y == 1].sum() - positives * (positives + 1) / 2) / (positives * negatives))
 

@@ -10,6 +10,7 @@ tolerate — the same at-least-once delivery the real trigger has.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import logging
@@ -103,10 +104,15 @@ class LocalHost:
                 if key in self.receipts:
                     continue
                 # The same model-binding data the host sends for an SDK-type binding.
-                content = json.dumps({"Connection": trigger["connection"], "ContainerName": container,
-                                      "BlobName": blob.name})
-                datum = Datum(type="model_binding_data", value=SimpleNamespace(
-                    version="1.0", source="AzureStorageBlobs", content_type="application/json", content=content))
+                content = json.dumps(
+                    {"Connection": trigger["connection"], "ContainerName": container, "BlobName": blob.name}
+                )
+                datum = Datum(
+                    type="model_binding_data",
+                    value=SimpleNamespace(
+                        version="1.0", source="AzureStorageBlobs", content_type="application/json", content=content
+                    ),
+                )
                 client = BlobClientConverter.decode(datum, trigger_metadata=None, pytype=BlobClient)
                 invocation = self._invoke(name, function, "blobTrigger", {trigger["name"]: client})
                 invocations.append(invocation)
@@ -122,17 +128,24 @@ class LocalHost:
     def _poison_blob(self, connection: str, function: str, container: str, blob: Any) -> None:
         from azure.storage.queue import QueueClient, TextBase64EncodePolicy
 
-        queue = QueueClient.from_connection_string(os.environ[connection], "webjobs-blobtrigger-poison",
-                                                   message_encode_policy=TextBase64EncodePolicy())
-        try:
+        queue = QueueClient.from_connection_string(
+            os.environ[connection], "webjobs-blobtrigger-poison", message_encode_policy=TextBase64EncodePolicy()
+        )
+        with contextlib.suppress(Exception):
             queue.create_queue()
-        except Exception:  # noqa: BLE001 - exists already
-            pass
-        queue.send_message(json.dumps({"Type": "BlobTrigger", "FunctionId": f"Host.Functions.{function}",
-                                       "BlobType": "BlockBlob", "ContainerName": container,
-                                       "BlobName": blob.name, "ETag": blob.etag}))
-        log.error("%s: blob %s/%s poisoned after %d failures", function, container, blob.name,
-                  self.poison_threshold)
+        queue.send_message(
+            json.dumps(
+                {
+                    "Type": "BlobTrigger",
+                    "FunctionId": f"Host.Functions.{function}",
+                    "BlobType": "BlockBlob",
+                    "ContainerName": container,
+                    "BlobName": blob.name,
+                    "ETag": blob.etag,
+                }
+            )
+        )
+        log.error("%s: blob %s/%s poisoned after %d failures", function, container, blob.name, self.poison_threshold)
 
     def _invoke(self, name: str, function: Any, trigger: str, arguments: dict[str, Any]) -> Invocation:
         user_function = function.get_user_function()
@@ -140,7 +153,7 @@ class LocalHost:
             arguments = {**arguments, "context": LocalContext(function_name=name)}
         try:
             user_function(**arguments)
-        except Exception as exc:  # noqa: BLE001 - the host logs and retries; so do we
+        except Exception as exc:
             log.warning("%s failed: %s: %s", name, type(exc).__name__, exc)
             return Invocation(name, trigger, ok=False, error=f"{type(exc).__name__}: {exc}")
         return Invocation(name, trigger, ok=True)

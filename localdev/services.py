@@ -70,11 +70,25 @@ class Azurite:
             self.location = self._tmp.name
         # --skipApiVersionCheck: the current storage SDKs speak a newer API version than Azurite knows.
         command = [
-            azurite_binary(), "--silent", "--skipApiVersionCheck", "--loose", "--disableTelemetry",
-            "--location", self.location,
-            "--blobHost", "127.0.0.1", "--blobPort", str(self.blob_port),
-            "--queueHost", "127.0.0.1", "--queuePort", str(self.queue_port),
-            "--tableHost", "127.0.0.1", "--tablePort", str(self.table_port),
+            azurite_binary(),
+            "--silent",
+            "--skipApiVersionCheck",
+            "--loose",
+            "--disableTelemetry",
+            "--location",
+            self.location,
+            "--blobHost",
+            "127.0.0.1",
+            "--blobPort",
+            str(self.blob_port),
+            "--queueHost",
+            "127.0.0.1",
+            "--queuePort",
+            str(self.queue_port),
+            "--tableHost",
+            "127.0.0.1",
+            "--tablePort",
+            str(self.table_port),
         ]
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         for port in (self.blob_port, self.queue_port, self.table_port):
@@ -115,10 +129,20 @@ class EmulatorProcess:
     bes_jobs_url: str = ""
 
     def start(self) -> EmulatorProcess:
-        command = [sys.executable, "-m", "emulator", "--port", str(self.port), "--api-key", self.api_key,
-                   "--job-seconds", str(self.job_seconds)]
-        self.process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True,
-                                        env={**os.environ, "PYTHONPATH": str(ROOT)})
+        command = [
+            sys.executable,
+            "-m",
+            "emulator",
+            "--port",
+            str(self.port),
+            "--api-key",
+            self.api_key,
+            "--job-seconds",
+            str(self.job_seconds),
+        ]
+        self.process = subprocess.Popen(
+            command, cwd=ROOT, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}
+        )
         line = self.process.stdout.readline()
         if not line:
             raise RuntimeError(f"the emulator exited with code {self.process.wait()}")

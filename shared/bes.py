@@ -90,7 +90,7 @@ class CappedRetry(Retry):
 
     max_retry_after = 30.0
 
-    def get_retry_after(self, response):  # noqa: D102 - urllib3 hook
+    def get_retry_after(self, response):
         value = super().get_retry_after(response)
         return None if value is None else min(value, self.max_retry_after)
 
@@ -169,8 +169,11 @@ class BesClient:
             body = response.json()
         except ValueError:
             raise BesError(
-                "status response is not JSON", operation="status", http_status=response.status_code,
-                code="UnexpectedResponse", transient=True,
+                "status response is not JSON",
+                operation="status",
+                http_status=response.status_code,
+                code="UnexpectedResponse",
+                transient=True,
             ) from None
         return parse_status(body)
 
@@ -192,13 +195,19 @@ class BesClient:
         data = b"" if json_body is None else json.dumps(json_body).encode("utf-8")
         try:
             response = self._session.request(
-                method, url, params={"api-version": API_VERSION}, data=data, headers=headers,
+                method,
+                url,
+                params={"api-version": API_VERSION},
+                data=data,
+                headers=headers,
                 timeout=self._timeout,
             )
         except requests.RequestException as exc:
             raise BesError(
                 f"{type(exc).__name__}: {redact(exc, self._api_key)}",
-                operation=operation, code="ConnectionError", transient=True,
+                operation=operation,
+                code="ConnectionError",
+                transient=True,
             ) from None
         log.debug("BES %s %s -> %s", operation, method, response.status_code)
         if response.status_code >= 400:
@@ -238,14 +247,14 @@ def parse_status(body: Any) -> JobStatus:
     docs' ``"Status Code"`` typo are accepted; keys are matched case-insensitively.
     """
     if not isinstance(body, dict):
-        raise BesError("status body is not a JSON object", operation="status", code="UnexpectedResponse",
-                       transient=True)
+        raise BesError(
+            "status body is not a JSON object", operation="status", code="UnexpectedResponse", transient=True
+        )
     folded = {str(k).replace(" ", "").lower(): v for k, v in body.items()}
     raw = folded.get("statuscode")
     status = normalise_status(raw)
     if status is None:
-        raise BesError(f"unknown job status {raw!r}", operation="status", code="UnknownJobStatusCode",
-                       transient=True)
+        raise BesError(f"unknown job status {raw!r}", operation="status", code="UnknownJobStatusCode", transient=True)
     results = folded.get("results")
     details = folded.get("details")
     return JobStatus(

@@ -97,7 +97,7 @@ class Settings:
 
         def output_name(name: str, default: str) -> str:
             value = get(name, default)
-            if len(value) > 256 or any(c in value for c in "\"\\"):
+            if len(value) > 256 or any(c in value for c in '"\\'):
                 raise SettingsError(name, f"{value!r} is not a usable web service input/output name")
             return value
 
@@ -106,8 +106,7 @@ class Settings:
         if "AccountName=" not in storage or "AccountKey=" not in storage:
             raise SettingsError(
                 "AzureWebJobsStorage",
-                "must be a storage connection string with AccountName and AccountKey "
-                "(or UseDevelopmentStorage=true)",
+                "must be a storage connection string with AccountName and AccountKey (or UseDevelopmentStorage=true)",
             )
 
         raw_params = get("BES_GLOBAL_PARAMETERS", "{}")
@@ -115,9 +114,7 @@ class Settings:
             params = json.loads(raw_params)
         except json.JSONDecodeError as exc:
             raise SettingsError("BES_GLOBAL_PARAMETERS", f"is not valid JSON ({exc.msg})") from None
-        if not isinstance(params, dict) or not all(
-            isinstance(v, (str, int, float, bool)) for v in params.values()
-        ):
+        if not isinstance(params, dict) or not all(isinstance(v, (str, int, float, bool)) for v in params.values()):
             raise SettingsError("BES_GLOBAL_PARAMETERS", "must be a JSON object of names to string/number values")
 
         runs_table = get("RUNS_TABLE", "retrainingruns")

@@ -6,6 +6,7 @@ references, each a blob-scoped, short-lived SAS with only the permissions that b
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from dataclasses import dataclass
 from functools import cached_property
@@ -71,10 +72,8 @@ class Storage:
         return blob_ref_from_properties(container, name, props)
 
     def ensure_container(self, name: str) -> None:
-        try:
+        with contextlib.suppress(ResourceExistsError):
             self.blobs.create_container(name)
-        except ResourceExistsError:
-            pass
 
     def blob_sas(
         self, container: str, name: str, permission: str, expiry: dt.datetime, now: dt.datetime | None = None

@@ -9,6 +9,7 @@ Layout of the runs table (one table, so an operator finds everything in one plac
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -110,13 +111,15 @@ class RunStore:
             try:
                 entity = self.table.get_entity(PIPELINES_PARTITION, pipeline)
             except ResourceNotFoundError:
-                try:
+                with contextlib.suppress(ResourceExistsError):
                     self.table.create_entity(
-                        {"PartitionKey": PIPELINES_PARTITION, "RowKey": pipeline, "kind": "pipeline",
-                         "updated_at": utcnow()}
+                        {
+                            "PartitionKey": PIPELINES_PARTITION,
+                            "RowKey": pipeline,
+                            "kind": "pipeline",
+                            "updated_at": utcnow(),
+                        }
                     )
-                except ResourceExistsError:
-                    pass
                 continue
             return PipelineSlot(
                 pipeline=pipeline,

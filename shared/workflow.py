@@ -71,8 +71,9 @@ class RetryLater(Exception):
 # --- starting a run ---------------------------------------------------------------------------
 
 
-def start_run_for_blob(svc: Services, blob: BlobRef, *, source: str, actor: str, now: dt.datetime | None = None
-                       ) -> Outcome:
+def start_run_for_blob(
+    svc: Services, blob: BlobRef, *, source: str, actor: str, now: dt.datetime | None = None
+) -> Outcome:
     """Record a run for this version of ``blob`` and start training it, or queue it behind the active run.
 
     The same blob version delivered again (or concurrently) finds its run and does nothing more,
@@ -82,8 +83,9 @@ def start_run_for_blob(svc: Services, blob: BlobRef, *, source: str, actor: str,
     run = Run.for_blob(svc.settings.pipeline, blob, source, actor, now)
     problem = unusable_blob(blob)
     if problem:
-        run.transition(R.FAILED, by=actor, reason=problem, now=now,
-                       error={"code": "UnusableTrainingBlob", "message": problem})
+        run.transition(
+            R.FAILED, by=actor, reason=problem, now=now, error={"code": "UnusableTrainingBlob", "message": problem}
+        )
         try:
             svc.store.create(run)
         except RunExists:
@@ -128,8 +130,14 @@ def _take_over(svc: Services, run_id: str, actor: str, now: dt.datetime) -> Run 
         return Outcome(run_id, existing.status, "in_progress")
     if existing.attempts >= svc.settings.max_attempts:
         return _fail(svc, existing, actor, f"gave up after {existing.attempts} attempts", existing.error)
-    existing.note(by=actor, reason=f"attempt {existing.attempts + 1}: resuming", now=now,
-                  attempts=existing.attempts + 1, lease_owner=actor, lease_until=now + LEASE)
+    existing.note(
+        by=actor,
+        reason=f"attempt {existing.attempts + 1}: resuming",
+        now=now,
+        attempts=existing.attempts + 1,
+        lease_owner=actor,
+        lease_until=now + LEASE,
+    )
     try:
         return svc.store.save(existing)
     except StaleError:
@@ -253,8 +261,9 @@ def _submit(svc: Services, run: Run, actor: str) -> Outcome:
         if run.job_id is None:
             request, outputs = bes_request(svc, run, utcnow())
             job_id = svc.bes.submit(request)
-            run.transition(R.SUBMITTED, by=actor, reason=f"BES job {job_id} created", job_id=job_id,
-                           outputs=outputs, error=None)
+            run.transition(
+                R.SUBMITTED, by=actor, reason=f"BES job {job_id} created", job_id=job_id, outputs=outputs, error=None
+            )
             try:
                 run = svc.store.save(run)
             except StaleError:
@@ -269,8 +278,9 @@ def _submit(svc: Services, run: Run, actor: str) -> Outcome:
     def change(current: Run) -> bool:
         if current.status != R.SUBMITTED:
             return False
-        current.transition(R.RUNNING, by=actor, reason=f"BES job {current.job_id} started",
-                           lease_owner=None, lease_until=None)
+        current.transition(
+            R.RUNNING, by=actor, reason=f"BES job {current.job_id} started", lease_owner=None, lease_until=None
+        )
         return True
 
     current = svc.store.update(run.pipeline, run.run_id, change)
@@ -289,7 +299,9 @@ def _start(svc: Services, run: Run) -> None:
         if status.status not in ("Running", "Finished"):
             raise BesError(
                 f"job {run.job_id} cannot be started: it is {status.status}. {status.details or ''}".strip(),
-                operation="start", code="InvalidOperation", detail_codes=("CannotStartJob",),
+                operation="start",
+                code="InvalidOperation",
+                detail_codes=("CannotStartJob",),
                 http_status=exc.http_status,
             ) from None
 
@@ -301,8 +313,13 @@ def _submit_failed(svc: Services, run: Run, exc: BesError, actor: str) -> Outcom
         return _fail(svc, run, actor, reason, error)
 
     def change(current: Run) -> bool:
-        current.note(by=actor, reason=f"attempt {current.attempts} failed: {exc}", error=error,
-                     lease_owner=None, lease_until=None)
+        current.note(
+            by=actor,
+            reason=f"attempt {current.attempts} failed: {exc}",
+            error=error,
+            lease_owner=None,
+            lease_until=None,
+        )
         return True
 
     svc.store.update(run.pipeline, run.run_id, change)

@@ -1,5 +1,6 @@
 """The BES client against the emulator over HTTP: the protocol, error classes and retries."""
 
+import itertools
 import time
 
 import pytest
@@ -11,8 +12,9 @@ from tests.conftest import API_KEY, upload
 
 
 def client(emulator, key=API_KEY, retries=3):
-    return BesClient(emulator.bes_jobs_url, key, timeout=10,
-                     session=make_session(retries=retries, backoff=0.05, max_retry_after=2))
+    return BesClient(
+        emulator.bes_jobs_url, key, timeout=10, session=make_session(retries=retries, backoff=0.05, max_retry_after=2)
+    )
 
 
 def request_for(svc, name="data.csv", data=None):
@@ -98,7 +100,8 @@ def test_wrong_key_is_a_permanent_401_with_the_documented_codes(svc, fresh_emula
 def test_bad_output_extension_reports_detail_code_and_message(svc, fresh_emulator):
     request, _ = request_for(svc)
     request["Outputs"]["output1"]["RelativeLocation"] = request["Outputs"]["output1"]["RelativeLocation"].replace(
-        ".ilearner", ".csv")
+        ".ilearner", ".csv"
+    )
     with pytest.raises(BesError) as caught:
         client(fresh_emulator).submit(request)
     assert caught.value.code == "BadArgument"
@@ -117,7 +120,7 @@ def test_503_with_retry_after_is_retried_after_the_requested_delay(svc, fresh_em
     assert job_id
     submits = [r for r in fresh_emulator.admin("GET", "requests") if r["route"] == "bes.submit"]
     assert [r["status"] for r in submits] == [503, 503, 200]
-    gaps = [b["at"] - a["at"] for a, b in zip(submits, submits[1:])]
+    gaps = [b["at"] - a["at"] for a, b in itertools.pairwise(submits)]
     assert all(gap >= 0.95 for gap in gaps), gaps
 
 
@@ -152,8 +155,12 @@ def test_exhausted_retries_surface_as_a_transient_error_with_the_service_codes(s
 
 
 def test_an_unreachable_service_is_a_transient_connection_error():
-    bes = BesClient("http://127.0.0.1:9/workspaces/a/services/b/jobs", API_KEY, timeout=2,
-                    session=make_session(retries=1, backoff=0.01))
+    bes = BesClient(
+        "http://127.0.0.1:9/workspaces/a/services/b/jobs",
+        API_KEY,
+        timeout=2,
+        session=make_session(retries=1, backoff=0.01),
+    )
     with pytest.raises(BesError) as caught:
         bes.status("0" * 32)
     assert caught.value.transient and caught.value.code == "ConnectionError"
@@ -172,7 +179,7 @@ def test_second_start_is_cannot_start_job(svc, fresh_emulator):
 def test_cancel_marks_a_running_job_cancelled_and_its_outputs_are_not_written(svc, fresh_emulator):
     fresh_emulator.admin("POST", "config", {"job_seconds": 5})
     bes = client(fresh_emulator)
-    request, outputs = request_for(svc)
+    request, _outputs = request_for(svc)
     job_id = bes.submit(request)
     bes.start(job_id)
     bes.cancel(job_id)

@@ -72,11 +72,18 @@ def mutate(request, change):
         (lambda b: b["Inputs"]["input1"].pop("SasBlobToken"), "MissingInputBlobInformation"),
         (lambda b: b["Inputs"]["input1"].update(RelativeLocation="nocontainer"), "InputBlobRelativeLocationInvalid"),
         (lambda b: b["Outputs"]["output2"].update(RelativeLocation="models/x/eval.txt"), "InvalidBlobExtension"),
-        (lambda b: b["Inputs"]["input1"].update(RelativeLocation=b["Inputs"]["input1"]["RelativeLocation"] + ".gone"),
-         "InvalidBlobExtension"),
-        (lambda b: b["Inputs"]["input1"].update(
-            SasBlobToken=b["Inputs"]["input1"]["SasBlobToken"].split("&se=")[0] + "&se=2001-01-01T00%3A00%3A00Z"),
-         "ExpiryTimeInThePast"),
+        (
+            lambda b: b["Inputs"]["input1"].update(
+                RelativeLocation=b["Inputs"]["input1"]["RelativeLocation"] + ".gone"
+            ),
+            "InvalidBlobExtension",
+        ),
+        (
+            lambda b: b["Inputs"]["input1"].update(
+                SasBlobToken=b["Inputs"]["input1"]["SasBlobToken"].split("&se=")[0] + "&se=2001-01-01T00%3A00%3A00Z"
+            ),
+            "ExpiryTimeInThePast",
+        ),
     ],
 )
 def test_invalid_requests_get_the_documented_detail_code(svc, fresh_emulator, change, code):
@@ -103,15 +110,17 @@ def test_unknown_global_parameters_are_rejected_and_known_ones_accepted(svc, fre
 def test_empty_and_non_json_bodies_are_rejected(fresh_emulator):
     empty = requests.post(fresh_emulator.bes_jobs_url, params={"api-version": "2.0"}, headers=HEADERS, timeout=5)
     assert detail(empty) == "RequestIsEmpty"
-    garbage = requests.post(fresh_emulator.bes_jobs_url, params={"api-version": "2.0"}, headers=HEADERS,
-                            data=b"{nope", timeout=5)
+    garbage = requests.post(
+        fresh_emulator.bes_jobs_url, params={"api-version": "2.0"}, headers=HEADERS, data=b"{nope", timeout=5
+    )
     assert detail(garbage) == "RequestBodyInvalid"
 
 
 def test_status_body_has_exactly_the_documented_keys(svc, fresh_emulator):
     job_id = post(fresh_emulator, request_for(svc)[0]).json()
-    body = requests.get(f"{fresh_emulator.bes_jobs_url}/{job_id}", params={"api-version": "2.0"}, headers=HEADERS,
-                        timeout=5).json()
+    body = requests.get(
+        f"{fresh_emulator.bes_jobs_url}/{job_id}", params={"api-version": "2.0"}, headers=HEADERS, timeout=5
+    ).json()
     assert body == {"StatusCode": "NotStarted", "Results": None, "Details": None}
 
 
@@ -131,7 +140,8 @@ def test_a_noisier_dataset_trains_a_worse_model(svc, fresh_emulator):
         assert header.split(",") == list(training.EVALUATION_COLUMNS)
         aucs[name] = float(row.split(",")[4])
         model = training.load_model(
-            svc.storage.blobs.get_blob_client(*outputs["model"].split("/", 1)).download_blob().readall())
+            svc.storage.blobs.get_blob_client(*outputs["model"].split("/", 1)).download_blob().readall()
+        )
         assert model["features"] == list(sample_data.FEATURES)
     assert aucs["clean.csv"] > aucs["noisy.csv"] + 0.1, aucs
 

@@ -1,5 +1,6 @@
 """Starting a run for new data: idempotent, coalescing, least privilege, every failure recorded."""
 
+import itertools
 import json
 import logging
 import threading
@@ -24,8 +25,12 @@ def run_of(svc, run_id):
 
 def fast_bes(svc, retries=1):
     """The same client with a short retry budget, so exhausting retries takes milliseconds."""
-    svc.bes = BesClient(svc.settings.bes_jobs_url, API_KEY, timeout=5,
-                        session=make_session(retries=retries, backoff=0.01, max_retry_after=1))
+    svc.bes = BesClient(
+        svc.settings.bes_jobs_url,
+        API_KEY,
+        timeout=5,
+        session=make_session(retries=retries, backoff=0.01, max_retry_after=1),
+    )
     return svc
 
 
@@ -114,7 +119,7 @@ def test_uploads_during_a_run_coalesce_to_the_newest_and_it_starts_when_the_run_
     assert [o.action for o in later] == ["waiting"] * 4
     statuses = [run_of(svc, o.run_id).status for o in later]
     assert statuses == [R.SUPERSEDED, R.SUPERSEDED, R.SUPERSEDED, R.WAITING]
-    for older, newer in zip(later, later[1:]):
+    for older, newer in itertools.pairwise(later):
         assert run_of(svc, older.run_id).superseded_by == newer.run_id
     assert len(jobs(fresh_emulator)) == 1
     # WHEN the active run ends
@@ -141,8 +146,15 @@ def test_an_older_upload_delivered_late_is_superseded_by_the_active_run(svc, fre
 
 @pytest.mark.parametrize(
     "name",
-    ["with space.csv", "ünïcødé-データ.csv", "hash#tag.csv", "what?.csv", "100%.csv", "folder/sub folder/x.csv",
-     "a+b=c&d.csv"],
+    [
+        "with space.csv",
+        "ünïcødé-データ.csv",
+        "hash#tag.csv",
+        "what?.csv",
+        "100%.csv",
+        "folder/sub folder/x.csv",
+        "a+b=c&d.csv",
+    ],
 )
 def test_odd_blob_names_train(svc, fresh_emulator, name):
     outcome = start(svc, upload(svc, name))
@@ -156,8 +168,9 @@ def test_odd_blob_names_train(svc, fresh_emulator, name):
     assert jobs(fresh_emulator)[0]["status"] == "Finished", jobs(fresh_emulator)[0]["details"]
 
 
-@pytest.mark.parametrize(("name", "data", "why"), [("notes.txt", b"hello", "is not training data"),
-                                                   ("empty.csv", b"", "is empty")])
+@pytest.mark.parametrize(
+    ("name", "data", "why"), [("notes.txt", b"hello", "is not training data"), ("empty.csv", b"", "is empty")]
+)
 def test_unusable_blobs_are_recorded_as_failed_without_calling_bes(svc, fresh_emulator, name, data, why):
     outcome = start(svc, upload(svc, name, data))
     run = run_of(svc, outcome.run_id)
@@ -240,9 +253,16 @@ def test_a_start_that_already_happened_is_recognised(svc, fresh_emulator):
 def test_no_secret_reaches_the_log_or_the_table(svc, fresh_emulator, caplog):
     caplog.set_level(logging.DEBUG)
     fast_bes(svc)
-    fresh_emulator.admin("POST", "faults", {"route": "bes.submit", "status": 400, "times": 1,
-                                            "body": {"error": {"code": "BadArgument", "message": "bad sig=abcdef123456",
-                                                               "details": []}}})
+    fresh_emulator.admin(
+        "POST",
+        "faults",
+        {
+            "route": "bes.submit",
+            "status": 400,
+            "times": 1,
+            "body": {"error": {"code": "BadArgument", "message": "bad sig=abcdef123456", "details": []}},
+        },
+    )
     start(svc, upload(svc, "a.csv"))
     start(svc, upload(svc, "b.csv"))
     stored = json.dumps([r.to_entity() for r in svc.store.list_runs("default")], default=str)
