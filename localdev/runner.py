@@ -31,6 +31,17 @@ ROOT = Path(__file__).resolve().parent.parent
 _EXPRESSION = re.compile(r"%([^%]+)%")
 
 
+_INDEXED: dict[int, list[Any]] = {}
+
+
+def index(app: Any) -> list[Any]:
+    """The app's functions, built once: ``FunctionApp.get_functions()`` may run only once per app
+    (a second call fails its unique-name check), just as the worker indexes once."""
+    if id(app) not in _INDEXED:
+        _INDEXED[id(app)] = app.get_functions()
+    return _INDEXED[id(app)]
+
+
 @dataclass
 class LocalContext:
     """What ``func.Context`` offers a handler: enough for logs and actor names."""
@@ -55,7 +66,7 @@ class LocalHost:
     def __init__(self, app: Any, settings: Mapping[str, str], host_json: Path = ROOT / "host.json") -> None:
         # The host hands app settings to the worker as environment variables; do the same.
         os.environ.update(settings)
-        self.functions = {f.get_function_name(): f for f in app.get_functions()}
+        self.functions = {f.get_function_name(): f for f in index(app)}
         host = json.loads(Path(host_json).read_text())
         self.poison_threshold = int(host.get("extensions", {}).get("blobs", {}).get("poisonBlobThreshold", 5))
         self.receipts: set[tuple[str, str, str, str]] = set()

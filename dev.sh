@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# One entry point that works on a fresh machine: it installs what it needs (a Python virtual
+# environment from requirements-dev.txt, Azurite from package-lock.json), then runs the command.
+#   ./dev.sh demo       the main job, locally, on embedded defaults (Azurite + the Azure ML emulator)
+#   ./dev.sh test       the test suite (starts its own Azurite and emulator on free ports)
+#   ./dev.sh lint       ruff
+#   ./dev.sh emulator   the Azure ML emulator alone (python -m emulator --help)
+set -euo pipefail
+cd "$(dirname "$0")"
+
+setup() {
+  local python="${PYTHON:-python3}"
+  "$python" -c 'import sys; sys.exit(sys.version_info < (3, 10))' \
+    || { echo "dev.sh: Python 3.10 or newer is required ($python is $("$python" --version 2>&1))" >&2; exit 1; }
+  if [ ! -x .venv/bin/python ] || [ requirements.txt -nt .venv/.installed ] || [ requirements-dev.txt -nt .venv/.installed ]; then
+    "$python" -m venv .venv
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+    .venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+    touch .venv/.installed
+  fi
+  if [ ! -x node_modules/.bin/azurite ] || [ package-lock.json -nt node_modules/.installed ]; then
+    command -v npm >/dev/null || { echo "dev.sh: npm (Node.js 18+) is required for Azurite" >&2; exit 1; }
+    npm ci --no-audit --no-fund --loglevel=error
+    touch node_modules/.installed
+  fi
+}
+
+command="${1:-}"
+[ $# -gt 0 ] && shift
+case "$command" in
+  demo) setup; exec .venv/bin/python -m localdev.demo "$@" ;;
+  test) setup; exec .venv/bin/python -m pytest "$@" ;;
+  lint) setup; .venv/bin/ruff check . && .venv/bin/ruff format --check . ;;
+  emulator) setup; exec .venv/bin/python -m emulator "$@" ;;
+  *) echo "usage: ./dev.sh demo|test|lint|emulator [args]" >&2; exit 2 ;;
+esac
