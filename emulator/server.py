@@ -4,10 +4,12 @@ Admin API (JSON, under ``/_emulator/``; never subject to faults):
 
 * ``GET  health`` — liveness.
 * ``POST reset`` — forget jobs, faults and the request log (services stay).
-* ``POST config`` — ``{"job_seconds": 1.0, "legacy_status_codes": false}``.
+* ``POST config`` — ``{"job_seconds": 1.0, "lro_seconds": 0.5, "legacy_status_codes": false}``.
 * ``POST faults`` — add a fault: ``{"route": "bes.submit", "status": 503, "retry_after": 1, "times": 2}``,
   ``{"route": "bes.status", "drop": true}`` (close the connection), ``{"route": ..., "delay": 0.5}``,
-  ``{"route": "bes.job", "fail": "details text"}`` (the next job fails). ``times`` omitted = always.
+  ``{"route": "bes.job", "fail": "details text"}`` (the next job fails), ``{"route": "arm.lro", "fail": ...}``
+  (the next ARM update's operation ends Failed), ``{"route": "classic.patch", "no_effect": true}`` (200, nothing
+  changes). ``times`` omitted = always.
 * ``DELETE faults`` — clear faults.
 * ``GET  requests`` — the request log (route, method, path, status; never headers).
 * ``GET  jobs`` — every BES job with its request and state.
@@ -94,6 +96,7 @@ class Fault:
     drop: bool = False
     delay: float = 0.0
     fail: str | None = None
+    no_effect: bool = False
     times: int | None = None
     id: int = 0
 
@@ -106,7 +109,8 @@ class Emulator:
         self.routes: list[tuple[str, re.Pattern, str, Callable[[Request], Response]]] = []
         self.faults: list[Fault] = []
         self.requests: deque[dict] = deque(maxlen=10_000)
-        self.config: dict[str, Any] = {"job_seconds": 1.0, "legacy_status_codes": False}
+        self.config: dict[str, Any] = {"job_seconds": 1.0, "lro_seconds": 0.5, "legacy_status_codes": False}
+        self.base_url = ""
         self._fault_ids = 0
         self._reset_hooks: list[Callable[[], None]] = []
         self._admin: dict[tuple[str, str], Callable[[Request], Response]] = {
@@ -201,7 +205,8 @@ class Emulator:
         self.server.daemon_threads = True
         threading.Thread(target=self.server.serve_forever, name="emulator-http", daemon=True).start()
         bound_host, bound_port = self.server.server_address[:2]
-        return f"http://{bound_host}:{bound_port}"
+        self.base_url = f"http://{bound_host}:{bound_port}"
+        return self.base_url
 
     def shutdown(self) -> None:
         if self.server:
@@ -265,6 +270,8 @@ class Emulator:
                         return None
                     if fault.status:
                         return _fault_response(fault)
+                    if fault.no_effect:  # "PATCH returned 200 but nothing changed"
+                        return Response(200)
                 return route_handler(request)
         if any(pattern.match(request.path) for _, pattern, _, _ in self.routes):
             raise HttpError(

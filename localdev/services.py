@@ -124,9 +124,17 @@ class EmulatorProcess:
     api_key: str
     port: int = 0
     job_seconds: float = 1.0
+    storage_connection_string: str | None = None
     process: subprocess.Popen | None = None
-    url: str = ""
-    bes_jobs_url: str = ""
+    info: dict = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return self.info["url"]
+
+    @property
+    def bes_jobs_url(self) -> str:
+        return self.info["bes_jobs_url"]
 
     def start(self) -> EmulatorProcess:
         command = [
@@ -140,14 +148,15 @@ class EmulatorProcess:
             "--job-seconds",
             str(self.job_seconds),
         ]
+        if self.storage_connection_string:
+            command += ["--storage-connection-string", self.storage_connection_string]
         self.process = subprocess.Popen(
             command, cwd=ROOT, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}
         )
         line = self.process.stdout.readline()
         if not line:
             raise RuntimeError(f"the emulator exited with code {self.process.wait()}")
-        info = json.loads(line)
-        self.url, self.bes_jobs_url = info["url"], info["bes_jobs_url"]
+        self.info = json.loads(line)
         return self
 
     def admin(self, method: str, name: str, body: object | None = None) -> object:

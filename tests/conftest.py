@@ -28,8 +28,10 @@ def azurite():
 
 
 @pytest.fixture(scope="session")
-def emulator():
-    instance = EmulatorProcess(api_key=API_KEY, job_seconds=0.3).start()
+def emulator(azurite):
+    instance = EmulatorProcess(
+        api_key=API_KEY, job_seconds=0.3, storage_connection_string=azurite.connection_string
+    ).start()
     yield instance
     instance.stop()
 
@@ -37,7 +39,7 @@ def emulator():
 @pytest.fixture
 def fresh_emulator(emulator):
     emulator.admin("POST", "reset")
-    emulator.admin("POST", "config", {"job_seconds": 0.3, "legacy_status_codes": False})
+    emulator.admin("POST", "config", {"job_seconds": 0.3, "lro_seconds": 0.2, "legacy_status_codes": False})
     return emulator
 
 
