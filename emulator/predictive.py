@@ -298,15 +298,9 @@ class ClassicManagement:
         return Response(200)
 
     def execute(self, request: Request) -> Response:
-        endpoint = next(
-            (
-                e
-                for s in self.services.values()
-                for e in s.endpoints.values()
-                if e.id == request.params["ep"].lower() and e.workspace.lower() == request.params["ws"].lower()
-            ),
-            None,
-        )
+        workspace, endpoint_id = request.params["ws"].lower(), request.params["ep"].lower()
+        endpoints = (e for s in self.services.values() for e in s.endpoints.values())
+        endpoint = next((e for e in endpoints if e.id == endpoint_id and e.workspace.lower() == workspace), None)
         if endpoint is None:
             raise HttpError(404, "NotFound", "Resource not found.", [("WebServiceNotFound", "Endpoint not found.")])
         if request.arg("api-version") != "2.0":
@@ -514,10 +508,8 @@ class ArmWebServices:
             )
         current = service.definition["properties"]
         storage = _ci(properties, "storageAccount")
-        if isinstance(storage, dict) and _ci(storage, "name") not in (
-            None,
-            _ci(_ci(current, "storageAccount"), "name"),
-        ):
+        configured = _ci(_ci(current, "storageAccount") or {}, "name")
+        if isinstance(storage, dict) and _ci(storage, "name") not in (None, configured):
             raise HttpError(
                 400,
                 "BadRequest",
@@ -526,7 +518,7 @@ class ArmWebServices:
                     (
                         "CannotChangeStorageAccount",
                         "The StorageAccount cannot be changed. Currently configured storage "
-                        f"account name = '{_ci(_ci(current, 'storageAccount'), 'name')}' .",
+                        f"account name = '{configured}' .",
                     )
                 ],
             )
