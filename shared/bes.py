@@ -15,56 +15,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import requests
-from requests.adapters import HTTPAdapter
-from urllib3.util.retry import Retry
 
-from shared.redact import redact
+from shared.http import ServiceError, make_session, send
 
 log = logging.getLogger(__name__)
 
 API_VERSION = "2.0"
 STATUSES = ("NotStarted", "Running", "Failed", "Cancelled", "Finished")
 TERMINAL_STATUSES = frozenset({"Failed", "Cancelled", "Finished"})
-TRANSIENT_HTTP = frozenset({408, 429, 500, 502, 503, 504})
 _JOB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 
 
-class BesError(Exception):
-    """A BES call failed. ``transient`` says whether trying again later can help."""
+class BesError(ServiceError):
+    """A BES call failed."""
 
-    def __init__(
-        self,
-        message: str,
-        *,
-        operation: str,
-        http_status: int | None = None,
-        code: str | None = None,
-        detail_codes: tuple[str, ...] = (),
-        transient: bool = False,
-    ) -> None:
-        super().__init__(message)
-        self.message = message
-        self.operation = operation
-        self.http_status = http_status
-        self.code = code
-        self.detail_codes = detail_codes
-        self.transient = transient
-
-    def as_record(self) -> dict[str, Any]:
-        """What a run records about this error (already free of secrets)."""
-        return {
-            "operation": self.operation,
-            "http_status": self.http_status,
-            "code": self.code,
-            "detail_codes": list(self.detail_codes),
-            "message": redact(self.message)[:2000],
-            "transient": self.transient,
-        }
-
-    def __str__(self) -> str:
-        codes = "/".join(c for c in (self.code, *self.detail_codes) if c)
-        status = f"HTTP {self.http_status} " if self.http_status else ""
-        return redact(f"BES {self.operation} failed: {status}{codes}: {self.message}".replace(": :", ":"))
+    service = "BES"
 
 
 @dataclass(frozen=True)
@@ -79,50 +44,6 @@ class JobStatus:
     @property
     def terminal(self) -> bool:
         return self.status in TERMINAL_STATUSES
-
-
-class CappedRetry(Retry):
-    """``urllib3.Retry`` that will not sleep longer than ``max_retry_after`` for a ``Retry-After``.
-
-    A function invocation has a time budget; a server asking for an hour is treated as asking for
-    the cap, and the attempt after that surfaces the error to the caller.
-    """
-
-    max_retry_after = 30.0
-
-    def get_retry_after(self, response):
-        value = super().get_retry_after(response)
-        return None if value is None else min(value, self.max_retry_after)
-
-    def new(self, **kw):  # keep the cap across the copies urllib3 makes per attempt
-        new = super().new(**kw)
-        new.max_retry_after = self.max_retry_after
-        return new
-
-
-def make_session(retries: int = 4, backoff: float = 0.5, max_retry_after: float = 30.0) -> requests.Session:
-    """A session whose adapter retries connection errors and 429/503/504 with backoff."""
-    retry = CappedRetry(
-        total=retries,
-        connect=retries,
-        read=retries,
-        status=retries,
-        other=0,
-        backoff_factor=backoff,
-        backoff_max=max_retry_after,
-        status_forcelist=(429, 503, 504),
-        # POST too: a duplicate submit only creates a job that is never started, and start is
-        # idempotent from the caller's view (CannotStartJob is resolved by reading the status).
-        allowed_methods=None,
-        respect_retry_after_header=True,
-        raise_on_status=False,
-    )
-    retry.max_retry_after = max_retry_after
-    session = requests.Session()
-    adapter = HTTPAdapter(max_retries=retry)
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
-    return session
 
 
 class BesClient:
@@ -192,52 +113,21 @@ class BesClient:
             "Accept": "application/json",
             "Content-Type": "application/json; charset=utf-8",
         }
-        data = b"" if json_body is None else json.dumps(json_body).encode("utf-8")
-        try:
-            response = self._session.request(
-                method,
-                url,
-                params={"api-version": API_VERSION},
-                data=data,
-                headers=headers,
-                timeout=self._timeout,
-            )
-        except requests.RequestException as exc:
-            raise BesError(
-                f"{type(exc).__name__}: {redact(exc, self._api_key)}",
-                operation=operation,
-                code="ConnectionError",
-                transient=True,
-            ) from None
+        body = b"" if json_body is None else json.dumps(json_body).encode("utf-8")
+        response = send(
+            self._session,
+            BesError,
+            operation,
+            method,
+            url,
+            headers=headers,
+            timeout=self._timeout,
+            params={"api-version": API_VERSION},
+            body=body,
+            secrets=(self._api_key,),
+        )
         log.debug("BES %s %s -> %s", operation, method, response.status_code)
-        if response.status_code >= 400:
-            raise _error_from_response(operation, response)
         return response
-
-
-def _error_from_response(operation: str, response: requests.Response) -> BesError:
-    code, details, message = None, (), response.reason or ""
-    try:
-        error = response.json().get("error") or {}
-    except (ValueError, AttributeError):
-        error = {}
-        message = response.text[:500] or message
-    if isinstance(error, dict):
-        code = error.get("code") or None
-        message = error.get("message") or message
-        items = [d for d in error.get("details") or [] if isinstance(d, dict)]
-        details = tuple(str(d["code"]) for d in items if d.get("code"))
-        detail_messages = [str(d["message"]) for d in items if d.get("message")]
-        if detail_messages:
-            message = " ".join([message, *detail_messages]).strip()
-    return BesError(
-        message,
-        operation=operation,
-        http_status=response.status_code,
-        code=code,
-        detail_codes=details,
-        transient=response.status_code in TRANSIENT_HTTP,
-    )
 
 
 def parse_status(body: Any) -> JobStatus:

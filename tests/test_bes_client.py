@@ -5,7 +5,8 @@ import time
 
 import pytest
 
-from shared.bes import BesClient, BesError, make_session, parse_status
+from shared.bes import BesClient, BesError, parse_status
+from shared.http import make_session
 from shared.runs import Run, utcnow
 from shared.workflow import bes_request
 from tests.conftest import API_KEY, upload

@@ -11,7 +11,8 @@ import pytest
 
 from shared import runs as R
 from shared import workflow
-from shared.bes import BesClient, make_session
+from shared.bes import BesClient
+from shared.http import make_session
 from tests.conftest import API_KEY, jobs, upload
 
 
