@@ -42,3 +42,32 @@ def retrain_on_upload(blob: blob_types.BlobClient, context: func.Context) -> Non
         workflow.get_services(), ref, source="blob", actor=f"blob-trigger/{context.invocation_id}"
     )
     log.info("run %s for %s: %s (%s)", outcome.run_id, ref.path, outcome.action, outcome.status)
+
+
+@app.function_name("poll_runs")
+@app.timer_trigger(arg_name="timer", schedule="%POLL_SCHEDULE%", run_on_startup=False, use_monitor=True)
+def poll_runs(timer: func.TimerRequest, context: func.Context) -> None:
+    """Move active runs on: BES job state, deadline, evaluation gate, hand-off to deployment."""
+    from shared import poll
+
+    outcomes = poll.poll(workflow.get_services(), actor=f"timer-poll/{context.invocation_id}")
+    for outcome in outcomes:
+        log.info("run %s: %s (%s)", outcome.run_id, outcome.action, outcome.status)
+    if timer.past_due:
+        log.info("poll ran late (past due)")
+
+
+@app.function_name("run_command")
+@app.queue_trigger(arg_name="msg", queue_name="%COMMANDS_QUEUE%", connection="AzureWebJobsStorage")
+def run_command(msg: func.QueueMessage, context: func.Context) -> None:
+    """Deploy and rollback commands (from the poll and from other systems); retried by the queue."""
+    from shared import commands
+
+    result = commands.handle(
+        workflow.get_services(),
+        msg.get_body(),
+        message_id=msg.id,
+        dequeue_count=msg.dequeue_count or 1,
+        actor=f"queue/{msg.id}",
+    )
+    log.info("command %s (delivery %s): %s", msg.id, msg.dequeue_count, result)

@@ -11,6 +11,7 @@ tolerate — the same at-least-once delivery the real trigger has.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import inspect
 import json
 import logging
@@ -42,6 +43,12 @@ def index(app: Any) -> list[Any]:
     return _INDEXED[id(app)]
 
 
+def _seconds(timespan: str) -> float:
+    """``hh:mm:ss`` (host.json TimeSpan) to seconds."""
+    hours, minutes, seconds = (float(part) for part in timespan.split(":"))
+    return hours * 3600 + minutes * 60 + seconds
+
+
 @dataclass
 class LocalContext:
     """What ``func.Context`` offers a handler: enough for logs and actor names."""
@@ -63,14 +70,30 @@ class Invocation:
 
 
 class LocalHost:
-    def __init__(self, app: Any, settings: Mapping[str, str], host_json: Path = ROOT / "host.json") -> None:
+    def __init__(
+        self,
+        app: Any,
+        settings: Mapping[str, str],
+        host_json: Path = ROOT / "host.json",
+        visibility_timeout: float | None = None,
+    ) -> None:
         # The host hands app settings to the worker as environment variables; do the same.
         os.environ.update(settings)
         self.functions = {f.get_function_name(): f for f in index(app)}
         host = json.loads(Path(host_json).read_text())
-        self.poison_threshold = int(host.get("extensions", {}).get("blobs", {}).get("poisonBlobThreshold", 5))
+        extensions = host.get("extensions", {})
+        self.poison_threshold = int(extensions.get("blobs", {}).get("poisonBlobThreshold", 5))
+        queues = extensions.get("queues", {})
+        self.max_dequeue_count = int(queues.get("maxDequeueCount", 5))
+        # host.json's visibilityTimeout (hh:mm:ss) unless a caller wants retries sooner (tests, demo).
+        self.visibility_timeout = (
+            visibility_timeout
+            if visibility_timeout is not None
+            else _seconds(queues.get("visibilityTimeout", "00:00:00"))
+        )
         self.receipts: set[tuple[str, str, str, str]] = set()
         self.failures: Counter = Counter()
+        self._next_due: dict[str, dt.datetime] = {}
 
     @staticmethod
     def resolve(value: str) -> str:
@@ -135,6 +158,101 @@ class LocalHost:
                     self._poison_blob(trigger["connection"], name, container, blob)
                     self.receipts.add(key)
         return invocations
+
+    # --- timers ------------------------------------------------------------------------------------
+
+    def tick_timers(self, now: dt.datetime | None = None) -> list[Invocation]:
+        """Fire every timer function whose NCRONTAB schedule has come due since the last tick."""
+        from croniter import croniter
+
+        now = now or dt.datetime.now(dt.timezone.utc)
+        invocations = []
+        for name, _function, trigger in self._bindings("timerTrigger"):
+            fields = self.resolve(trigger["schedule"]).split()
+            # NCRONTAB puts seconds first; croniter takes them as a sixth field at the end.
+            cron = " ".join(fields[1:] + fields[:1])
+            due = self._next_due.get(name)
+            if due is None:
+                self._next_due[name] = croniter(cron, now).get_next(dt.datetime)
+                continue
+            if now >= due:
+                self._next_due[name] = croniter(cron, now).get_next(dt.datetime)
+                invocations.append(self.fire_timer(name, past_due=(now - due).total_seconds() > 60))
+        return invocations
+
+    def fire_timer(self, name: str, past_due: bool = False) -> Invocation:
+        """Invoke a timer function now, as a schedule occurrence would."""
+        from azure.functions.timer import TimerRequest
+
+        function = self.functions[name]
+        trigger = json.loads(function.get_function_json())["bindings"][0]
+        return self._invoke(name, function, "timerTrigger", {trigger["name"]: TimerRequest(past_due=past_due)})
+
+    # --- queues ------------------------------------------------------------------------------------
+
+    def pump_queues(self, max_messages: int = 32) -> list[Invocation]:
+        """Deliver the visible messages of every queue-triggered function's queue, once each.
+
+        Like the host: the body is base64-decoded (an undecodable message goes straight to poison),
+        success deletes the message, failure makes it visible again after ``visibilityTimeout``, and a
+        message that failed ``maxDequeueCount`` deliveries moves to ``<queue>-poison``.
+        """
+        import base64
+        import binascii
+
+        from azure.functions.queue import QueueMessage
+        from azure.storage.queue import QueueClient
+
+        invocations = []
+        for name, function, trigger in self._bindings("queueTrigger"):
+            queue_name = self.resolve(trigger["queueName"])
+            connection = os.environ[trigger["connection"]]
+            queue = QueueClient.from_connection_string(connection, queue_name)
+            with contextlib.suppress(Exception):
+                queue.create_queue()
+            for message in queue.receive_messages(
+                messages_per_page=max_messages, visibility_timeout=600, max_messages=max_messages
+            ):
+                try:
+                    body = base64.b64decode(message.content, validate=True)
+                except (binascii.Error, ValueError):
+                    self._poison_message(connection, queue, message, "The input is not a valid Base-64 string.")
+                    invocations.append(Invocation(name, "queueTrigger", ok=False, error="not base64"))
+                    continue
+                argument = QueueMessage(
+                    id=message.id,
+                    body=body,
+                    dequeue_count=message.dequeue_count,
+                    insertion_time=message.inserted_on,
+                    expiration_time=message.expires_on,
+                    pop_receipt=message.pop_receipt,
+                )
+                invocation = self._invoke(name, function, "queueTrigger", {trigger["name"]: argument})
+                invocations.append(invocation)
+                if invocation.ok:
+                    queue.delete_message(message)
+                elif message.dequeue_count >= self.max_dequeue_count:
+                    self._poison_message(connection, queue, message, invocation.error)
+                else:
+                    queue.update_message(message, visibility_timeout=int(self.visibility_timeout))
+        return invocations
+
+    def _poison_message(self, connection: str, queue: Any, message: Any, error: str | None) -> None:
+        from azure.storage.queue import QueueClient
+
+        poison = QueueClient.from_connection_string(connection, f"{queue.queue_name}-poison")
+        with contextlib.suppress(Exception):
+            poison.create_queue()
+        poison.send_message(message.content)
+        queue.delete_message(message)
+        log.error(
+            "queue %s: message %s moved to %s-poison after %s deliveries: %s",
+            queue.queue_name,
+            message.id,
+            queue.queue_name,
+            message.dequeue_count,
+            error,
+        )
 
     def _poison_blob(self, connection: str, function: str, container: str, blob: Any) -> None:
         from azure.storage.queue import QueueClient, TextBase64EncodePolicy

@@ -3,13 +3,15 @@
 A run moves through the states below; every move is recorded in its append-only history with who
 moved it, when and why, and the store persists each move ETag-conditionally.
 
-    Requested ──▶ Submitted ──▶ Running ──▶ Finished ──▶ ...  (judged and deployed by the poll issue)
-        │  ▲          │            │
-        ▼  │          ▼            ▼
-      Waiting       Failed     Failed / TimedOut / Cancelled
-        │
-        ▼
+    Requested ──▶ Submitted ──▶ Running ──▶ Approved ──▶ Deploying ──▶ Deployed
+        │  ▲          │            │  │           (gate)                   PartiallyDeployed / Failed
+        ▼  │          ▼            │  └──▶ Rejected (gate: not better than what is live)
+      Waiting       Failed         │  └──▶ Finished (trained; no deploy target configured)
+        │                          ▼
+        ▼            Failed / TimedOut / Cancelled (or back to Requested: resubmitted)
     Superseded
+
+A run holds its pipeline's single training slot from Requested until it leaves Approved.
 """
 
 from __future__ import annotations
@@ -27,6 +29,11 @@ WAITING = "Waiting"
 SUBMITTED = "Submitted"
 RUNNING = "Running"
 FINISHED = "Finished"
+APPROVED = "Approved"
+REJECTED = "Rejected"
+DEPLOYING = "Deploying"
+DEPLOYED = "Deployed"
+PARTIALLY_DEPLOYED = "PartiallyDeployed"
 FAILED = "Failed"
 TIMED_OUT = "TimedOut"
 CANCELLED = "Cancelled"
@@ -36,16 +43,17 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     REQUESTED: frozenset({WAITING, SUBMITTED, SUPERSEDED, FAILED, CANCELLED}),
     WAITING: frozenset({REQUESTED, SUPERSEDED, CANCELLED}),
     SUBMITTED: frozenset({RUNNING, FAILED, CANCELLED, TIMED_OUT}),
-    RUNNING: frozenset({FINISHED, FAILED, CANCELLED, TIMED_OUT}),
-    FINISHED: frozenset(),
-    FAILED: frozenset(),
-    TIMED_OUT: frozenset(),
-    CANCELLED: frozenset(),
-    SUPERSEDED: frozenset(),
+    RUNNING: frozenset({APPROVED, REJECTED, FINISHED, FAILED, CANCELLED, TIMED_OUT, REQUESTED}),
+    APPROVED: frozenset({DEPLOYING, CANCELLED}),
+    DEPLOYING: frozenset({DEPLOYED, PARTIALLY_DEPLOYED, FAILED}),
+    **{
+        end: frozenset()
+        for end in (FINISHED, REJECTED, DEPLOYED, PARTIALLY_DEPLOYED, FAILED, TIMED_OUT, CANCELLED, SUPERSEDED)
+    },
 }
-# States in which a run holds (or is about to hold) its pipeline's single training slot.
-ACTIVE = frozenset({REQUESTED, SUBMITTED, RUNNING})
-ENDED = frozenset({FAILED, TIMED_OUT, CANCELLED, SUPERSEDED, FINISHED})
+# States in which a run holds its pipeline's single training slot.
+HOLDS_SLOT = frozenset({REQUESTED, SUBMITTED, RUNNING, APPROVED})
+ENDED = frozenset(status for status, moves in TRANSITIONS.items() if not moves)
 
 # Table Storage strings hold at most 32,768 characters; keep the history well inside that.
 HISTORY_LIMIT_CHARS = 30_000
@@ -91,8 +99,12 @@ class Run:
     lease_until: dt.datetime | None = None
     ended_at: dt.datetime | None = None
     superseded_by: str | None = None
+    submitted_at: dt.datetime | None = None
     error: dict[str, Any] | None = None
     outputs: dict[str, str] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    gate: dict[str, Any] = field(default_factory=dict)  # per target: decision, value, champion, reason
+    targets: dict[str, dict[str, Any]] = field(default_factory=dict)  # per target: deploy status and details
     history: list[dict[str, Any]] = field(default_factory=list)
     etag: str | None = None
 
@@ -124,6 +136,10 @@ class Run:
     @property
     def ended(self) -> bool:
         return self.status in ENDED
+
+    @property
+    def holds_slot(self) -> bool:
+        return self.status in HOLDS_SLOT
 
     def transition(self, to: str, *, by: str, reason: str, now: dt.datetime | None = None, **changes: Any) -> None:
         """Move to ``to`` (if allowed), apply ``changes`` and append the move to the history."""
@@ -179,8 +195,12 @@ class Run:
             "lease_until": self.lease_until,
             "ended_at": self.ended_at,
             "superseded_by": self.superseded_by,
+            "submitted_at": self.submitted_at,
             "error": json.dumps(self.error) if self.error else None,
             "outputs": json.dumps(self.outputs),
+            "metrics": json.dumps(self.metrics),
+            "gate": json.dumps(self.gate),
+            "targets": json.dumps(self.targets),
             "history": _history_json(self.history),
         }
 
@@ -208,8 +228,12 @@ class Run:
             lease_until=_dt(get("lease_until")),
             ended_at=_dt(get("ended_at")),
             superseded_by=get("superseded_by"),
+            submitted_at=_dt(get("submitted_at")),
             error=json.loads(get("error")) if get("error") else None,
             outputs=json.loads(get("outputs") or "{}"),
+            metrics=json.loads(get("metrics") or "{}"),
+            gate=json.loads(get("gate") or "{}"),
+            targets=json.loads(get("targets") or "{}"),
             history=json.loads(get("history") or "[]"),
             etag=entity.metadata.get("etag") if hasattr(entity, "metadata") else None,
         )

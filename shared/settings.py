@@ -29,6 +29,40 @@ _CONTAINER_RE = re.compile(r"^(?=.{3,63}$)[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9]))*$")
 _TABLE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9]{2,62}$")
 _PIPELINE_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 _BLOB_SOURCES = ("EventGrid", "LogsAndContainerScan")
+_QUEUE_RE = re.compile(r"^(?=.{3,56}$)[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9]))*$")  # 56: the -poison twin must fit
+_TARGET_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
+_CLASSIC_ENDPOINT_RE = re.compile(r"^/workspaces/[^/]+/webservices/[^/]+/endpoints/[^/]+$", re.IGNORECASE)
+_ARM_ID_RE = re.compile(
+    r"^/subscriptions/[^/]+/resourceGroups/[^/]+/providers/Microsoft\.MachineLearning/webServices/[^/]+$",
+    re.IGNORECASE,
+)
+ARM_API_VERSIONS = ("2017-01-01", "2016-05-01-preview")
+
+
+@dataclass(frozen=True)
+class ClassicTarget:
+    """A classic web service's (non-default) endpoint, updated by PATCHing its trained-model resource."""
+
+    name: str
+    endpoint_url: str
+    api_key: str = field(repr=False)
+    resource_name: str
+    kind: str = "classic"
+
+
+@dataclass(frozen=True)
+class ArmTarget:
+    """A New (ARM) web service, updated by rewriting its trained-model asset in the definition."""
+
+    name: str
+    resource_id: str
+    asset_name: str | None = None
+    management_url: str = "https://management.azure.com"
+    api_version: str = "2017-01-01"
+    kind: str = "arm"
+
+
+Target = ClassicTarget | ArmTarget
 
 
 class SettingsError(ValueError):
@@ -58,6 +92,20 @@ class Settings:
     max_attempts: int = 3
     http_timeout_seconds: float = 30.0
     training_blob_source: str = "EventGrid"
+    poll_schedule: str = "0 */1 * * * *"
+    poll_concurrency: int = 8
+    resubmit_failed_jobs: bool = False
+    gate_metric: str = "AUC"
+    gate_min: float | None = None
+    gate_min_improvement: float = 0.0
+    targets: tuple[Target, ...] = ()
+    commands_queue: str = "retraining-commands"
+    deploy_sas_days: int = 365
+    arm_poll_seconds: float = 5.0
+    arm_timeout_seconds: float = 600.0
+
+    def target(self, name: str) -> Target | None:
+        return next((t for t in self.targets if t.name == name), None)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -95,6 +143,24 @@ class Settings:
                 raise SettingsError(name, f"{value} is outside {low}..{high}")
             return value
 
+        def number(name: str, default: float | None, low: float, high: float) -> float | None:
+            raw = get(name, "" if default is None else str(default))
+            if raw == "":
+                return None
+            try:
+                value = float(raw)
+            except ValueError:
+                raise SettingsError(name, f"{raw!r} is not a number") from None
+            if not low <= value <= high:
+                raise SettingsError(name, f"{value} is outside {low}..{high}")
+            return value
+
+        def flag(name: str, default: bool) -> bool:
+            raw = get(name, "true" if default else "false").lower()
+            if raw not in ("true", "false", "1", "0", "yes", "no"):
+                raise SettingsError(name, f"{raw!r} is not true or false")
+            return raw in ("true", "1", "yes")
+
         def output_name(name: str, default: str) -> str:
             value = get(name, default)
             if len(value) > 256 or any(c in value for c in '"\\'):
@@ -129,13 +195,21 @@ class Settings:
         if source not in _BLOB_SOURCES:
             raise SettingsError("TRAINING_BLOB_SOURCE", f"{source!r} is not one of {', '.join(_BLOB_SOURCES)}")
 
-        timeout_raw = get("HTTP_TIMEOUT_SECONDS", "30")
-        try:
-            http_timeout = float(timeout_raw)
-        except ValueError:
-            raise SettingsError("HTTP_TIMEOUT_SECONDS", f"{timeout_raw!r} is not a number") from None
-        if not 1 <= http_timeout <= 300:
-            raise SettingsError("HTTP_TIMEOUT_SECONDS", f"{http_timeout} is outside 1..300")
+        http_timeout = number("HTTP_TIMEOUT_SECONDS", 30.0, 1, 300)
+
+        schedule = get("POLL_SCHEDULE", "0 */1 * * * *")
+        if len(schedule.split()) != 6:
+            raise SettingsError(
+                "POLL_SCHEDULE",
+                f"{schedule!r} is not an NCRONTAB expression with six fields (seconds first, e.g. '0 */1 * * * *')",
+            )
+        queue = get("COMMANDS_QUEUE", "retraining-commands")
+        if not _QUEUE_RE.match(queue):
+            raise SettingsError(
+                "COMMANDS_QUEUE",
+                f"{queue!r} is not a valid queue name (3-56 lowercase letters, "
+                "digits, single hyphens; its -poison twin must fit 63)",
+            )
 
         training = container("TRAINING_CONTAINER", "training-data")
         models = container("MODELS_CONTAINER", "models")
@@ -165,7 +239,103 @@ class Settings:
             max_attempts=integer("MAX_ATTEMPTS", 3, 1, 20),
             http_timeout_seconds=http_timeout,
             training_blob_source=source,
+            poll_schedule=schedule,
+            poll_concurrency=integer("POLL_CONCURRENCY", 8, 1, 64),
+            resubmit_failed_jobs=flag("RESUBMIT_FAILED_JOBS", False),
+            gate_metric=get("GATE_METRIC", "AUC"),
+            gate_min=number("GATE_MIN", None, -1e9, 1e9),
+            gate_min_improvement=number("GATE_MIN_IMPROVEMENT", 0.0, -1e9, 1e9),
+            targets=parse_targets(get("DEPLOY_TARGETS", "[]"), env),
+            commands_queue=queue,
+            deploy_sas_days=integer("DEPLOY_SAS_DAYS", 365, 1, 3650),
+            arm_poll_seconds=number("ARM_POLL_SECONDS", 5.0, 0.05, 60),
+            arm_timeout_seconds=number("ARM_TIMEOUT_SECONDS", 600.0, 1, 3600),
         )
+
+
+def parse_targets(raw: str, env: Mapping[str, str]) -> tuple[Target, ...]:
+    """Parse ``DEPLOY_TARGETS``: a JSON list of named classic or ARM targets, strictly.
+
+    A classic target's key may be given inline (``api_key``) or, better, by naming another app setting
+    (``api_key_setting``) so it can be a Key Vault reference of its own.
+    """
+    name = "DEPLOY_TARGETS"
+    try:
+        items = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise SettingsError(name, f"is not valid JSON ({exc.msg})") from None
+    if not isinstance(items, list):
+        raise SettingsError(name, "must be a JSON list of targets")
+    targets: list[Target] = []
+    for index, item in enumerate(items):
+        where = f"target #{index + 1}"
+        if not isinstance(item, dict):
+            raise SettingsError(name, f"{where} is not an object")
+        target_name = item.get("name")
+        if not isinstance(target_name, str) or not _TARGET_RE.match(target_name):
+            raise SettingsError(name, f"{where} needs a name of letters, digits, '-' or '_'")
+        where = f"target {target_name!r}"
+        if any(t.name == target_name for t in targets):
+            raise SettingsError(name, f"{where} is named twice")
+        kind = item.get("kind")
+        fields = {k: v for k, v in item.items() if k not in ("name", "kind")}
+        if not all(isinstance(v, str) for v in fields.values()):
+            raise SettingsError(name, f"{where}: every field must be a string")
+        if kind == "classic":
+            allowed, required = (
+                {"endpoint_url", "api_key", "api_key_setting", "resource_name"},
+                {"endpoint_url", "resource_name"},
+            )
+        elif kind == "arm":
+            allowed, required = {"resource_id", "asset_name", "management_url", "api_version"}, {"resource_id"}
+        else:
+            raise SettingsError(name, f"{where} has unknown kind {kind!r} (expected 'classic' or 'arm')")
+        unknown, missing = set(fields) - allowed, required - set(fields)
+        if unknown:
+            raise SettingsError(name, f"{where} has unknown field(s) {', '.join(sorted(unknown))}")
+        if missing:
+            raise SettingsError(name, f"{where} is missing {', '.join(sorted(missing))}")
+        if kind == "classic":
+            url = _https_url(fields["endpoint_url"], f"{name} {where} endpoint_url")
+            if not _CLASSIC_ENDPOINT_RE.match(urlsplit(url).path):
+                raise SettingsError(
+                    name,
+                    f"{where}: endpoint_url must be .../workspaces/<ws>/webservices/<id>/endpoints/<endpoint name>",
+                )
+            key = fields.get("api_key")
+            if "api_key_setting" in fields:
+                key = (env.get(fields["api_key_setting"]) or "").strip()
+                if not key:
+                    raise SettingsError(fields["api_key_setting"], f"is required by {name} {where} but not set")
+            if not key:
+                raise SettingsError(name, f"{where} needs api_key or api_key_setting")
+            if key.startswith("@Microsoft.KeyVault("):
+                raise SettingsError(name, f"{where}: the API key is an unresolved Key Vault reference")
+            targets.append(ClassicTarget(target_name, url, key, fields["resource_name"]))
+        else:
+            if not _ARM_ID_RE.match(fields["resource_id"]):
+                raise SettingsError(
+                    name,
+                    f"{where}: resource_id must be /subscriptions/<id>/resourceGroups/<rg>/"
+                    "providers/Microsoft.MachineLearning/webServices/<name>",
+                )
+            version = fields.get("api_version", "2017-01-01")
+            if version not in ARM_API_VERSIONS:
+                raise SettingsError(name, f"{where}: api_version must be one of {', '.join(ARM_API_VERSIONS)}")
+            management = _https_url(
+                fields.get("management_url", "https://management.azure.com"), f"{name} {where} management_url"
+            ).rstrip("/")
+            targets.append(ArmTarget(target_name, fields["resource_id"], fields.get("asset_name"), management, version))
+    return tuple(targets)
+
+
+def _https_url(raw: str, what: str) -> str:
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise SettingsError(what.split()[0], f"{what}: {raw!r} is not an http(s) URL")
+    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+        raise SettingsError(what.split()[0], f"{what} must use https (plain http only for a local emulator)")
+    return raw
 
 
 def jobs_url(raw: str, name: str = "BES_JOBS_URL") -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -107,29 +108,15 @@ class RunStore:
 
     def get_slot(self, pipeline: str) -> PipelineSlot:
         """Read a pipeline's slot, creating an empty one the first time."""
-        for _ in range(3):
-            try:
-                entity = self.table.get_entity(PIPELINES_PARTITION, pipeline)
-            except ResourceNotFoundError:
-                with contextlib.suppress(ResourceExistsError):
-                    self.table.create_entity(
-                        {
-                            "PartitionKey": PIPELINES_PARTITION,
-                            "RowKey": pipeline,
-                            "kind": "pipeline",
-                            "updated_at": utcnow(),
-                        }
-                    )
-                continue
-            return PipelineSlot(
-                pipeline=pipeline,
-                active_run=entity.get("active_run") or None,
-                waiting_run=entity.get("waiting_run") or None,
-                waiting_key=entity.get("waiting_key") or None,
-                updated_at=entity.get("updated_at"),
-                etag=entity.metadata["etag"],
-            )
-        raise RuntimeError(f"could not read or create the slot of pipeline {pipeline!r}")
+        entity = _get_or_create(self.table, PIPELINES_PARTITION, pipeline, {"kind": "pipeline"})
+        return PipelineSlot(
+            pipeline=pipeline,
+            active_run=entity.get("active_run") or None,
+            waiting_run=entity.get("waiting_run") or None,
+            waiting_key=entity.get("waiting_key") or None,
+            updated_at=entity.get("updated_at"),
+            etag=entity.metadata["etag"],
+        )
 
     def save_slot(self, slot: PipelineSlot) -> PipelineSlot:
         entity = {
@@ -149,3 +136,104 @@ class RunStore:
             raise StaleError(slot.pipeline) from None
         slot.etag = meta["etag"]
         return slot
+
+
+TARGETS_PARTITION = "_targets"
+
+
+@dataclass
+class TargetState:
+    """What is live on one deploy target, what it replaced, and who is deploying to it right now."""
+
+    name: str
+    live_run: str | None = None
+    live_model: str | None = None
+    live_metrics: dict | None = None
+    since: dt.datetime | None = None
+    previous_run: str | None = None
+    previous_model: str | None = None
+    deploying_run: str | None = None
+    lease_until: dt.datetime | None = None
+    etag: str | None = None
+
+    def to_entity(self) -> dict:
+        return {
+            "PartitionKey": TARGETS_PARTITION,
+            "RowKey": self.name,
+            "kind": "target",
+            "live_run": self.live_run,
+            "live_model": self.live_model,
+            "live_metrics": json.dumps(self.live_metrics) if self.live_metrics is not None else None,
+            "since": self.since,
+            "previous_run": self.previous_run,
+            "previous_model": self.previous_model,
+            "deploying_run": self.deploying_run,
+            "lease_until": self.lease_until,
+        }
+
+    @classmethod
+    def from_entity(cls, entity) -> TargetState:
+        metrics = entity.get("live_metrics")
+        return cls(
+            name=entity["RowKey"],
+            live_run=entity.get("live_run"),
+            live_model=entity.get("live_model"),
+            live_metrics=json.loads(metrics) if metrics else None,
+            since=entity.get("since"),
+            previous_run=entity.get("previous_run"),
+            previous_model=entity.get("previous_model"),
+            deploying_run=entity.get("deploying_run"),
+            lease_until=entity.get("lease_until"),
+            etag=entity.metadata["etag"],
+        )
+
+
+def _get_or_create(table: TableClient, partition: str, row: str, initial: dict):
+    for _ in range(3):
+        try:
+            return table.get_entity(partition, row)
+        except ResourceNotFoundError:
+            with contextlib.suppress(ResourceExistsError):
+                table.create_entity({"PartitionKey": partition, "RowKey": row, **initial})
+    raise RuntimeError(f"could not read or create {partition}/{row}")
+
+
+class TargetStore:
+    """Deploy targets' live state (``_targets`` partition) and their deployment history
+    (``_history-<target>`` partitions, one entity per change, newest first)."""
+
+    def __init__(self, table: TableClient) -> None:
+        self.table = table
+
+    def get(self, name: str) -> TargetState:
+        return TargetState.from_entity(_get_or_create(self.table, TARGETS_PARTITION, name, {"kind": "target"}))
+
+    def save(self, state: TargetState) -> TargetState:
+        try:
+            meta = self.table.update_entity(
+                state.to_entity(),
+                mode=UpdateMode.REPLACE,
+                etag=state.etag,
+                match_condition=MatchConditions.IfNotModified,
+            )
+        except (ResourceModifiedError, ResourceNotFoundError):
+            raise StaleError(state.name) from None
+        state.etag = meta["etag"]
+        return state
+
+    def record(self, name: str, at: dt.datetime, entry: dict) -> None:
+        """Append one history entry; RowKeys count down so a partition query lists newest first."""
+        inverted = f"{(dt.datetime(9999, 12, 31, tzinfo=dt.timezone.utc) - at).total_seconds():016.6f}"
+        entity = {
+            "PartitionKey": f"_history-{name}",
+            "RowKey": f"{inverted}-{entry['run']}",
+            "kind": "deployment",
+            "at": at,
+            **{k: v for k, v in entry.items() if v is not None},
+        }
+        with contextlib.suppress(ResourceExistsError):  # the same change recorded twice is one change
+            self.table.create_entity(entity)
+
+    def history(self, name: str) -> list[dict]:
+        query = "PartitionKey eq @pk"
+        return [dict(e) for e in self.table.query_entities(query, parameters={"pk": f"_history-{name}"})]

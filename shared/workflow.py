@@ -10,15 +10,16 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from shared import runs as R
 from shared.bes import BesClient, BesError, blob_reference
 from shared.redact import redact
 from shared.runs import Run, utcnow
-from shared.settings import Settings, get_settings
+from shared.settings import ClassicTarget, Settings, Target, get_settings
 from shared.storage import BlobRef, Storage
-from shared.store import MAX_CONFLICT_RETRIES, RunExists, RunStore, StaleError
+from shared.store import MAX_CONFLICT_RETRIES, RunExists, RunStore, StaleError, TargetStore
 
 log = logging.getLogger(__name__)
 
@@ -37,15 +38,47 @@ class Services:
     storage: Storage
     store: RunStore
     bes: BesClient
+    targets: TargetStore
+    credential: Any = None  # azure-identity credential for ARM targets, created on first use
+    _deployers: dict = field(default_factory=dict)
+
+    def deployer(self, target: Target):
+        """The deployer for ``target`` (one per target for the life of these services)."""
+        from shared.deploy import ArmDeployer, ClassicDeployer
+
+        if target.name not in self._deployers:
+            s = self.settings
+            if isinstance(target, ClassicTarget):
+                deployer = ClassicDeployer(target, self.storage, s.deploy_sas_days, s.http_timeout_seconds)
+            else:
+                from shared.arm import ArmWebServiceClient
+
+                if self.credential is None:
+                    from azure.identity import DefaultAzureCredential
+
+                    self.credential = DefaultAzureCredential()
+                client = ArmWebServiceClient(
+                    target.management_url,
+                    self.credential,
+                    api_version=target.api_version,
+                    timeout=s.http_timeout_seconds,
+                    poll_seconds=s.arm_poll_seconds,
+                    operation_timeout=s.arm_timeout_seconds,
+                )
+                deployer = ArmDeployer(target, self.storage, client)
+            self._deployers[target.name] = deployer
+        return self._deployers[target.name]
 
 
 def build_services(settings: Settings) -> Services:
     storage = Storage(settings.storage_connection)
+    store = RunStore.open(storage.tables, settings.runs_table)
     return Services(
         settings=settings,
         storage=storage,
-        store=RunStore.open(storage.tables, settings.runs_table),
+        store=store,
         bes=BesClient(settings.bes_jobs_url, settings.bes_api_key, timeout=settings.http_timeout_seconds),
+        targets=TargetStore(store.table),
     )
 
 
@@ -164,7 +197,7 @@ def _admit(svc: Services, run: Run, actor: str) -> tuple[str, str | None]:
         slot = store.get_slot(run.pipeline)
         if slot.active_run and slot.active_run != run.run_id:
             active = store.get(run.pipeline, slot.active_run)
-            if active is None or active.ended:
+            if active is None or not active.holds_slot:
                 # The slot outlived its run (a crash between ending it and advancing): heal it.
                 advance_pipeline(svc, slot.active_run, actor)
                 continue
@@ -262,7 +295,13 @@ def _submit(svc: Services, run: Run, actor: str) -> Outcome:
             request, outputs = bes_request(svc, run, utcnow())
             job_id = svc.bes.submit(request)
             run.transition(
-                R.SUBMITTED, by=actor, reason=f"BES job {job_id} created", job_id=job_id, outputs=outputs, error=None
+                R.SUBMITTED,
+                by=actor,
+                reason=f"BES job {job_id} created",
+                job_id=job_id,
+                outputs=outputs,
+                error=None,
+                submitted_at=utcnow(),
             )
             try:
                 run = svc.store.save(run)

@@ -1,0 +1,190 @@
+"""Client for New (ARM) web services: ``Microsoft.MachineLearning/webServices``.
+
+Retraining rewrites the trained-model asset of the definition: GET the service, set the asset's
+``locationInfo.uri``, PATCH ``{"properties": {packageType, assets}}`` — as ``Update-AzMlWebService
+-ServiceUpdates`` does — and follow the ``Azure-AsyncOperation`` long-running operation to a terminal
+``status``. Keys are matched case-insensitively (the public examples mix ``AssetId``/``assetId``) and
+every key we do not change is sent back as it came. Tokens come from ``azure-identity``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+
+from shared.http import ServiceError, make_session, send
+
+SCOPE = "https://management.azure.com/.default"
+TERMINAL = {"succeeded": "Succeeded", "failed": "Failed", "canceled": "Canceled", "cancelled": "Canceled"}
+
+
+class ArmError(ServiceError):
+    service = "ARM"
+
+
+def ci_get(mapping: Any, key: str) -> Any:
+    if isinstance(mapping, dict):
+        for k, v in mapping.items():
+            if isinstance(k, str) and k.lower() == key.lower():
+                return v
+    return None
+
+
+def ci_key(mapping: dict, key: str) -> str:
+    """The key as ``mapping`` spells it, or ``key`` if absent."""
+    return next((k for k in mapping if isinstance(k, str) and k.lower() == key.lower()), key)
+
+
+def find_asset(definition: dict, asset_name: str | None) -> str:
+    """The key of the trained-model asset: the one named ``asset_name``, else the only ``Resource``."""
+    assets = ci_get(ci_get(definition, "properties"), "assets") or {}
+    if asset_name is not None:
+        matches = [k for k, a in assets.items() if ci_get(a, "name") == asset_name]
+        if len(matches) != 1:
+            names = ", ".join(str(ci_get(a, "name")) for a in assets.values())
+            raise ArmError(
+                f"the definition has no single asset named {asset_name!r} (assets: {names})",
+                operation="update",
+                code="AssetNotFound",
+            )
+        return matches[0]
+    resources = [k for k, a in assets.items() if str(ci_get(a, "type")).lower() == "resource"]
+    if len(resources) != 1:
+        raise ArmError(
+            f"expected exactly one 'Resource' asset, found {len(resources)}; set asset_name",
+            operation="update",
+            code="AssetNotFound",
+        )
+    return resources[0]
+
+
+def asset_uri(definition: dict, asset_key: str) -> str | None:
+    asset = (ci_get(ci_get(definition, "properties"), "assets") or {}).get(asset_key)
+    return ci_get(ci_get(asset, "locationInfo"), "uri")
+
+
+def with_asset_uri(definition: dict, asset_key: str, uri: str) -> dict:
+    """The PATCH body: packageType and all assets as read, the one asset's ``locationInfo.uri`` replaced."""
+    properties = ci_get(definition, "properties") or {}
+    assets = copy.deepcopy(ci_get(properties, "assets") or {})
+    asset = assets[asset_key]
+    location = asset.setdefault(ci_key(asset, "locationInfo"), {})
+    location[ci_key(location, "uri")] = uri
+    return {
+        "properties": {
+            ci_key(properties, "packageType"): ci_get(properties, "packageType") or "Graph",
+            ci_key(properties, "assets"): assets,
+        }
+    }
+
+
+class ArmWebServiceClient:
+    def __init__(
+        self,
+        management_url: str,
+        credential: Any,
+        *,
+        api_version: str = "2017-01-01",
+        timeout: float = 30.0,
+        poll_seconds: float = 5.0,
+        operation_timeout: float = 600.0,
+        session: requests.Session | None = None,
+    ) -> None:
+        self.management_url = management_url.rstrip("/")
+        self._credential = credential
+        self.api_version = api_version
+        self._timeout = (min(10.0, timeout), timeout)
+        self._poll_seconds = poll_seconds
+        self._operation_timeout = operation_timeout
+        self._session = session or make_session()
+
+    def _headers(self) -> dict[str, str]:
+        try:
+            token = self._credential.get_token(SCOPE).token
+        except Exception as exc:  # azure-identity raises several types; all mean "no token now"
+            raise ArmError(
+                f"could not get a token for {SCOPE}: {type(exc).__name__}",
+                operation="token",
+                code="CredentialUnavailable",
+                transient=True,
+            ) from None
+        return {
+            "Authorization": f"Bearer {token}",
+            "Accept": "application/json",
+            "Content-Type": "application/json; charset=utf-8",
+        }
+
+    def _call(self, operation: str, method: str, url: str, body: Any = None, params: dict | None = None):
+        data = None if body is None else json.dumps(body).encode("utf-8")
+        return send(
+            self._session,
+            ArmError,
+            operation,
+            method,
+            url,
+            headers=self._headers(),
+            timeout=self._timeout,
+            params=params,
+            body=data,
+        )
+
+    def get(self, resource_id: str) -> dict:
+        response = self._call("get", "GET", self.management_url + resource_id, params={"api-version": self.api_version})
+        try:
+            return response.json()
+        except ValueError:
+            raise ArmError("the web service definition is not JSON", operation="get", transient=True) from None
+
+    def patch(self, resource_id: str, body: dict) -> None:
+        """PATCH the definition and wait for its long-running operation; a ``Failed`` status raises."""
+        response = self._call(
+            "update", "PATCH", self.management_url + resource_id, body, params={"api-version": self.api_version}
+        )
+        operation = response.headers.get("Azure-AsyncOperation")
+        if operation:
+            self._wait(operation)
+
+    def _wait(self, url: str) -> None:
+        host = (urlsplit(url).hostname or "").lower()
+        own = (urlsplit(self.management_url).hostname or "").lower()
+        if host != own and not host.endswith(".management.azure.com"):
+            # Our bearer token goes to whatever URL we poll: only ever to the management endpoint.
+            raise ArmError(
+                f"refusing to follow an operation URL on {host}", operation="update", code="UntrustedOperationUrl"
+            )
+        deadline = time.monotonic() + self._operation_timeout
+        while True:
+            response = self._call("operation", "GET", url)
+            try:
+                body = response.json()
+            except ValueError:
+                body = {}
+            status = TERMINAL.get(str(ci_get(body, "status") or ci_get(body, "provisioningState")).lower())
+            if status == "Succeeded":
+                return
+            if status in ("Failed", "Canceled"):
+                error = (
+                    ci_get(body, "error")
+                    or ci_get(body, "errorInfo")
+                    or ci_get(ci_get(body, "properties"), "error")
+                    or {}
+                )
+                raise ArmError(
+                    str(ci_get(error, "message") or f"the update operation ended {status}"),
+                    operation="update",
+                    code=ci_get(error, "code") or f"Operation{status}",
+                )
+            if time.monotonic() >= deadline:
+                raise ArmError(
+                    f"the update operation did not finish in {self._operation_timeout:.0f}s",
+                    operation="update",
+                    code="OperationTimeout",
+                    transient=True,
+                )
+            retry_after = response.headers.get("Retry-After")
+            time.sleep(min(float(retry_after), 60.0) if retry_after and retry_after.isdigit() else self._poll_seconds)

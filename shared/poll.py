@@ -1,0 +1,229 @@
+"""The timer's poll: move every active run on, from its BES job's state to a judged, handed-off model.
+
+Cost grows with the number of active runs, not with history: the poll reads the pipeline slots (one
+small partition) and then only the runs they name. Runs are polled concurrently (bounded). Overlapping
+polls are safe: every move is an ETag-conditional update of a run read just before, so of two polls
+seeing the same finished job exactly one records it and hands it on.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from concurrent.futures import ThreadPoolExecutor
+
+from shared import gate
+from shared import runs as R
+from shared.bes import BesError
+from shared.http import ServiceError
+from shared.runs import Run, utcnow
+from shared.workflow import Outcome, RetryLater, Services, _admit_and_submit, _submit, _take_over, advance_pipeline
+
+log = logging.getLogger(__name__)
+COMMAND_VERSION = 1
+
+
+def poll(svc: Services, *, actor: str, now: dt.datetime | None = None) -> list[Outcome]:
+    """Check every active run once; return what happened to each."""
+    slot = svc.store.get_slot(svc.settings.pipeline)
+    run_ids = [slot.active_run] if slot.active_run else []
+    if not run_ids:
+        return []
+    workers = min(svc.settings.poll_concurrency, len(run_ids))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="poll") as pool:
+        return list(pool.map(lambda run_id: _poll_safely(svc, run_id, actor, now), run_ids))
+
+
+def _poll_safely(svc: Services, run_id: str, actor: str, now: dt.datetime | None) -> Outcome:
+    """One run's failure must not stop the others; it is logged and retried at the next tick."""
+    try:
+        return poll_run(svc, run_id, actor=actor, now=now or utcnow())
+    except (ServiceError, RetryLater) as exc:
+        log.warning("run %s: poll will retry: %s", run_id, exc)
+        return Outcome(run_id, "?", "retry")
+
+
+def poll_run(svc: Services, run_id: str, *, actor: str, now: dt.datetime) -> Outcome:
+    run = svc.store.get(svc.settings.pipeline, run_id)
+    if run is None or not run.holds_slot:
+        advance_pipeline(svc, run_id, actor)  # the slot outlived its run: free it
+        return Outcome(run_id, run.status if run else "missing", "advanced")
+    if run.status in (R.REQUESTED, R.SUBMITTED):
+        if not run.lease_free(now):
+            return Outcome(run_id, run.status, "in_progress")
+        resumed = _take_over(svc, run_id, actor, now)  # an interrupted submission: finish it
+        return resumed if isinstance(resumed, Outcome) else _admit_and_submit(svc, resumed, actor)
+    if run.status == R.APPROVED:
+        return hand_off(svc, run, actor)
+    return _check_job(svc, run, actor, now)
+
+
+def _check_job(svc: Services, run: Run, actor: str, now: dt.datetime) -> Outcome:
+    status = svc.bes.status(run.job_id)
+    if status.status in ("NotStarted", "Running"):
+        deadline = (run.submitted_at or run.created_at) + dt.timedelta(minutes=svc.settings.job_timeout_minutes)
+        if now < deadline:
+            return Outcome(run.run_id, run.status, "running")
+        try:
+            svc.bes.cancel(run.job_id)
+        except BesError as exc:
+            if exc.http_status != 404:
+                raise
+        return _end(
+            svc,
+            run,
+            actor,
+            R.TIMED_OUT,
+            f"BES job {run.job_id} still {status.status} after {svc.settings.job_timeout_minutes} minutes: cancelled",
+            error={"code": "JobTimeout", "message": f"job was {status.status} at the deadline"},
+        )
+    if status.status == "Cancelled":
+        return _end(svc, run, actor, R.CANCELLED, f"BES job {run.job_id} was cancelled outside this app")
+    if status.status == "Failed":
+        details = (status.details or "no details")[:4000]
+        if svc.settings.resubmit_failed_jobs and run.attempts < svc.settings.max_attempts:
+            return _resubmit(svc, run, actor, details)
+        return _end(
+            svc,
+            run,
+            actor,
+            R.FAILED,
+            f"BES job {run.job_id} failed: {details[:300]}",
+            error={"code": "JobFailed", "message": details},
+        )
+    return _judge(svc, run, actor, status.results or {})
+
+
+def _end(svc: Services, run: Run, actor: str, status: str, reason: str, **changes) -> Outcome:
+    def change(current: Run) -> bool:
+        if current.status != R.RUNNING:
+            return False
+        current.transition(status, by=actor, reason=reason, **changes)
+        return True
+
+    current = svc.store.update(run.pipeline, run.run_id, change)
+    if current.status == status:
+        log.info("run %s: %s (%s)", run.run_id, status, reason)
+        advance_pipeline(svc, run.run_id, actor)
+    return Outcome(run.run_id, current.status, status.lower())
+
+
+def _resubmit(svc: Services, run: Run, actor: str, details: str) -> Outcome:
+    now = utcnow()
+
+    def change(current: Run) -> bool:
+        if current.status != R.RUNNING or current.job_id != run.job_id:
+            return False
+        current.transition(
+            R.REQUESTED,
+            by=actor,
+            reason=f"BES job {run.job_id} failed; resubmitting: {details[:200]}",
+            now=now,
+            job_id=None,
+            error={"code": "JobFailed", "message": details},
+            attempts=current.attempts + 1,
+            lease_owner=actor,
+            lease_until=now + dt.timedelta(minutes=10),
+        )
+        return True
+
+    current = svc.store.update(run.pipeline, run.run_id, change)
+    if current.status != R.REQUESTED or current.lease_owner != actor:
+        return Outcome(run.run_id, current.status, "duplicate")
+    return _submit(svc, current, actor)
+
+
+def _judge(svc: Services, run: Run, actor: str, results: dict) -> Outcome:
+    """The job finished: read its evaluation from our storage, apply the gate per target."""
+    s = svc.settings
+    container, blob = run.outputs["evaluation"].split("/", 1)
+    from azure.core.exceptions import ResourceNotFoundError
+
+    try:
+        text = svc.storage.blobs.get_blob_client(container, blob).download_blob().readall().decode("utf-8-sig")
+        metrics = gate.parse_evaluation(text)
+        value = gate.metric_value(metrics, s.gate_metric)
+    except ResourceNotFoundError:
+        return _end(
+            svc,
+            run,
+            actor,
+            R.FAILED,
+            f"BES reported Finished but {run.outputs['evaluation']} is missing",
+            error={"code": "EvaluationMissing", "message": run.outputs["evaluation"]},
+        )
+    except (gate.EvaluationError, UnicodeDecodeError) as exc:
+        return _end(
+            svc,
+            run,
+            actor,
+            R.FAILED,
+            f"evaluation cannot be judged: {exc}",
+            error={"code": "EvaluationInvalid", "message": str(exc)},
+        )
+    decisions = {}
+    for target in s.targets:
+        champion = svc.targets.get(target.name).live_metrics or {}
+        live_value = next((v for k, v in champion.items() if k.lower() == s.gate_metric.lower()), None)
+        decisions[target.name] = gate.judge(
+            s.gate_metric, value, champion=live_value, floor=s.gate_min, min_improvement=s.gate_min_improvement
+        ).as_record()
+    returned = {name: ref.get("RelativeLocation") for name, ref in results.items() if isinstance(ref, dict)}
+    if not s.targets:
+        status, reason = R.FINISHED, f"{s.gate_metric} {value:.4f}; no deploy target is configured"
+    elif any(d["approved"] for d in decisions.values()):
+        status = R.APPROVED
+        reason = "; ".join(f"{n}: {d['reason']}" for n, d in decisions.items())
+    else:
+        status = R.REJECTED
+        reason = "; ".join(f"{n}: {d['reason']}" for n, d in decisions.items())
+
+    judged = []
+
+    def change(current: Run) -> bool:
+        if current.status != R.RUNNING:
+            return False
+        current.transition(status, by=actor, reason=reason, metrics=metrics, gate=decisions, error=None)
+        current.note(by=actor, reason=f"BES results: {json.dumps(returned, sort_keys=True)[:400]}")
+        judged.append(True)
+        return True
+
+    current = svc.store.update(run.pipeline, run.run_id, change)
+    if not judged:
+        return Outcome(run.run_id, current.status, "duplicate")  # another poll judged it
+    log.info("run %s: %s (%s)", run.run_id, status, reason)
+    if status == R.APPROVED:
+        return hand_off(svc, current, actor)
+    advance_pipeline(svc, run.run_id, actor)
+    return Outcome(run.run_id, status, status.lower())
+
+
+def deploy_command(run: Run) -> dict:
+    approved = sorted(name for name, d in run.gate.items() if d.get("approved"))
+    return {
+        "type": "deploy",
+        "version": COMMAND_VERSION,
+        "pipeline": run.pipeline,
+        "run_id": run.run_id,
+        "targets": approved,
+    }
+
+
+def hand_off(svc: Services, run: Run, actor: str) -> Outcome:
+    """Enqueue the deploy command, then mark the run Deploying and free the training slot.
+
+    Enqueue first: if we stop in between, the next poll sees Approved and enqueues again — a duplicate
+    command, which the deploy handler ignores — rather than a run that is never deployed.
+    """
+    svc.storage.queue(svc.settings.commands_queue).send_message(json.dumps(deploy_command(run)))
+
+    def change(current: Run) -> bool:
+        if current.status != R.APPROVED:
+            return False
+        current.transition(R.DEPLOYING, by=actor, reason=f"deploy command queued on {svc.settings.commands_queue}")
+        return True
+
+    current = svc.store.update(run.pipeline, run.run_id, change)
+    advance_pipeline(svc, run.run_id, actor)
+    return Outcome(run.run_id, current.status, "approved")
