@@ -10,6 +10,7 @@ import contextlib
 import datetime as dt
 from dataclasses import dataclass
 from functools import cached_property
+from urllib.parse import quote
 
 from azure.core.exceptions import ResourceExistsError
 from azure.data.tables import TableServiceClient
@@ -52,6 +53,7 @@ class Storage:
         parts = parse_connection_string(connection_string)
         self.account_name = parts["AccountName"]
         self._account_key = parts["AccountKey"]
+        self._queues: dict = {}
 
     @cached_property
     def blobs(self) -> BlobServiceClient:
@@ -74,6 +76,29 @@ class Storage:
     def ensure_container(self, name: str) -> None:
         with contextlib.suppress(ResourceExistsError):
             self.blobs.create_container(name)
+
+    def blob_url(self, container: str, name: str) -> str:
+        """The blob's plain URL (no SAS), path-encoded."""
+        return f"{self.blob_base_location}{quote(container)}/{quote(name)}"
+
+    def queue(self, name: str):
+        """A queue client that base64-encodes messages, as the Functions host expects by default.
+
+        One client per queue for the life of this object; the queue is created on first use.
+        """
+        if name not in self._queues:
+            from azure.storage.queue import QueueClient, TextBase64DecodePolicy, TextBase64EncodePolicy
+
+            client = QueueClient.from_connection_string(
+                self._connection_string,
+                name,
+                message_encode_policy=TextBase64EncodePolicy(),
+                message_decode_policy=TextBase64DecodePolicy(),
+            )
+            with contextlib.suppress(ResourceExistsError):
+                client.create_queue()
+            self._queues[name] = client
+        return self._queues[name]
 
     def blob_sas(
         self, container: str, name: str, permission: str, expiry: dt.datetime, now: dt.datetime | None = None

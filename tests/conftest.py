@@ -54,6 +54,9 @@ def env(azurite, fresh_emulator) -> dict[str, str]:
         "MODELS_CONTAINER": f"models-{uid}",
         "RUNS_TABLE": f"runs{uid}",
         "TRAINING_BLOB_SOURCE": "LogsAndContainerScan",
+        "COMMANDS_QUEUE": f"commands-{uid}",
+        "IDENTITY_ENDPOINT": fresh_emulator.info["identity_endpoint"],
+        "IDENTITY_HEADER": fresh_emulator.info["identity_header"],
     }
 
 

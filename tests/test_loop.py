@@ -1,0 +1,259 @@
+"""The closed loop against Azurite and the emulator: poll, judge, deploy to classic and ARM, verify."""
+
+import threading
+
+import pytest
+
+from emulator import sample_data, training
+from shared import poll
+from shared import runs as R
+from tests.conftest import jobs, upload
+from tests.loop import arm_score, classic_score, drain_commands, finish, services, target_settings, wait_job
+
+GOOD = sample_data.generate(800, seed=21, label_noise=0.15).encode()
+BETTER = sample_data.generate(1600, seed=22, label_noise=0.0).encode()
+DEGRADED = sample_data.generate(800, seed=23, label_noise=0.45).encode()
+ROWS = [
+    dict(zip(sample_data.FEATURES, values, strict=True))
+    for values in ([0.5, -1.0, 1.2, 0.1, -0.3], [-1.5, 1.1, -0.8, 0.0, 0.4], [0.0, 0.0, 0.0, 0.0, 0.0])
+]
+
+
+@pytest.fixture
+def loop(env, fresh_emulator, monkeypatch):
+    return services(target_settings(env, fresh_emulator), monkeypatch)
+
+
+def start(svc, name, data):
+    from shared import workflow
+
+    return workflow.start_run_for_blob(svc, upload(svc, name, data), source="blob", actor="blob-trigger/test")
+
+
+def model_of(svc, run):
+    container, blob = run.outputs["model"].split("/", 1)
+    return training.load_model(svc.storage.blobs.get_blob_client(container, blob).download_blob().readall())
+
+
+def test_upload_to_verified_deploy_on_classic_and_arm_and_scoring_uses_the_new_model(loop, fresh_emulator):
+    # GIVEN services scoring with their initial model
+    before = classic_score(fresh_emulator, ROWS)
+    # WHEN good data is uploaded, trained, polled and its deploy command delivered
+    outcome = start(loop, "good.csv", GOOD)
+    finish(loop, outcome.run_id)
+    # THEN the run is Deployed on both targets, each verified, with the gate's reasoning recorded
+    run = loop.store.get("default", outcome.run_id)
+    assert run.status == R.DEPLOYED, run.history
+    assert {t: run.targets[t]["status"] for t in ("classic", "arm")} == {"classic": "Deployed", "arm": "Deployed"}
+    assert run.gate["classic"]["approved"] and run.gate["classic"]["champion"] is None
+    assert 0.5 < run.metrics["AUC"] <= 1.0
+    for name in ("classic", "arm"):
+        state = loop.targets.get(name)
+        assert (state.live_run, state.live_model) == (run.run_id, run.outputs["model"])
+        assert state.live_metrics["AUC"] == run.metrics["AUC"]
+        assert loop.deployer(loop.settings.target(name)).live() == run.outputs["model"]
+        assert [h["run"] for h in loop.targets.history(name)] == [run.run_id]
+    # AND both services now score with exactly the trained model
+    expected = training.score(model_of(loop, run), ROWS)
+    assert classic_score(fresh_emulator, ROWS) == pytest.approx(expected, abs=1e-6)
+    assert arm_score(fresh_emulator, ROWS) == pytest.approx(expected, abs=1e-6)
+    assert classic_score(fresh_emulator, ROWS) != pytest.approx(before, abs=1e-6)
+
+
+def test_the_arm_update_keeps_every_key_it_does_not_change(loop, fresh_emulator):
+    outcome = start(loop, "good.csv", GOOD)
+    finish(loop, outcome.run_id)
+    definition = loop.deployer(loop.settings.target("arm")).client.get(fresh_emulator.info["arm_resource_id"])
+    properties = definition["properties"]
+    assert properties["package"]["nodes"]["node1"]["AssetId"] == "asset1"  # PascalCase from the spec example
+    assert properties["assets"]["asset1"]["locationInfo"] == {"uri": "aml://module/moduleId-1", "credentials": ""}
+    assert properties["assets"]["asset3"]["outputPorts"] == {"Results dataset": {"type": "Dataset"}}
+    assert properties["assets"]["asset3"]["locationInfo"]["uri"].endswith(f"/{outcome.run_id}/model.ilearner")
+    assert properties["provisioningState"] == "Succeeded"
+
+
+def test_a_degraded_model_is_rejected_and_the_live_model_stays(loop, fresh_emulator):
+    first = start(loop, "good.csv", GOOD)
+    finish(loop, first.run_id)
+    live_scores = classic_score(fresh_emulator, ROWS)
+    # WHEN worse data arrives
+    second = start(loop, "degraded.csv", DEGRADED)
+    finish(loop, second.run_id)
+    # THEN it is a recorded skip with both metrics, not a failure, and nothing changed on the services
+    run = loop.store.get("default", second.run_id)
+    assert run.status == R.REJECTED
+    good = loop.store.get("default", first.run_id)
+    for name in ("classic", "arm"):
+        decision = run.gate[name]
+        assert not decision["approved"]
+        assert decision["value"] == run.metrics["AUC"] and decision["champion"] == good.metrics["AUC"]
+        assert loop.targets.get(name).live_run == first.run_id
+    assert classic_score(fresh_emulator, ROWS) == pytest.approx(live_scores, abs=1e-9)
+    assert loop.storage.queue(loop.settings.commands_queue).peek_messages() == []
+
+
+def test_rollback_puts_the_previous_model_back_and_verifies_it(loop, fresh_emulator):
+    from shared import commands
+
+    first = start(loop, "good.csv", GOOD)
+    finish(loop, first.run_id)
+    first_scores = classic_score(fresh_emulator, ROWS)
+    second = start(loop, "better.csv", BETTER)
+    finish(loop, second.run_id)
+    assert loop.targets.get("classic").live_run == second.run_id, loop.store.get("default", second.run_id).gate
+    # WHEN an operator rolls the classic target back
+    result = commands.handle(
+        loop,
+        b'{"type": "rollback", "version": 1, "target": "classic"}',
+        message_id="m1",
+        dequeue_count=1,
+        actor="operator",
+    )
+    # THEN the first model is live and scoring again, and the change is in the target's history
+    assert result.startswith("rollback classic: deployed")
+    state = loop.targets.get("classic")
+    assert (state.live_run, state.previous_run) == (first.run_id, second.run_id)
+    assert classic_score(fresh_emulator, ROWS) == pytest.approx(first_scores, abs=1e-9)
+    history = loop.targets.history("classic")
+    assert [(h["kind"], h["run"]) for h in history] == [
+        ("rollback", first.run_id),
+        ("deploy", second.run_id),
+        ("deploy", first.run_id),
+    ]
+    assert loop.targets.get("arm").live_run == second.run_id  # the other target is untouched
+
+
+def test_a_job_past_its_deadline_is_cancelled_and_the_run_times_out(loop, fresh_emulator):
+    import datetime as dt
+
+    fresh_emulator.admin("POST", "config", {"job_seconds": 60})
+    outcome = start(loop, "slow.csv", GOOD)
+    waiting = start(loop, "next.csv", GOOD)
+    later = R.utcnow() + dt.timedelta(minutes=loop.settings.job_timeout_minutes + 1)
+    poll.poll(loop, actor="timer-poll/test", now=later)
+    run = loop.store.get("default", outcome.run_id)
+    assert run.status == R.TIMED_OUT and run.error["code"] == "JobTimeout"
+    assert next(j for j in jobs(fresh_emulator) if j["id"] == run.job_id)["status"] == "Cancelled"
+    assert loop.store.get("default", waiting.run_id).status == R.RUNNING  # the queue moved on
+
+
+def test_a_failed_job_records_its_details(loop, fresh_emulator):
+    fresh_emulator.admin("POST", "faults", {"route": "bes.job", "fail": "Out of memory in Train Model.", "times": 1})
+    outcome = start(loop, "data.csv", GOOD)
+    assert wait_job(loop, outcome.run_id) == "Failed"
+    poll.poll(loop, actor="timer-poll/test")
+    run = loop.store.get("default", outcome.run_id)
+    assert run.status == R.FAILED
+    assert "Out of memory in Train Model." in run.error["message"]
+    assert loop.store.get_slot("default").active_run is None
+
+
+def test_a_failed_job_can_be_resubmitted_up_to_max_attempts(env, fresh_emulator, monkeypatch):
+    svc = services(target_settings(env, fresh_emulator, RESUBMIT_FAILED_JOBS="true"), monkeypatch)
+    fresh_emulator.admin("POST", "faults", {"route": "bes.job", "fail": "Transient module error.", "times": 1})
+    outcome = start(svc, "data.csv", GOOD)
+    assert wait_job(svc, outcome.run_id) == "Failed"
+    poll.poll(svc, actor="timer-poll/test")
+    run = svc.store.get("default", outcome.run_id)
+    assert run.status == R.RUNNING and run.attempts == 2 and len(jobs(fresh_emulator)) == 2
+    finish(svc, outcome.run_id)
+    assert svc.store.get("default", outcome.run_id).status == R.DEPLOYED
+
+
+def test_overlapping_polls_judge_and_hand_off_a_run_once(loop, fresh_emulator):
+    outcome = start(loop, "data.csv", GOOD)
+    wait_job(loop, outcome.run_id)
+    barrier = threading.Barrier(4)
+    results = []
+
+    def tick(i):
+        barrier.wait()
+        results.extend(poll.poll(loop, actor=f"timer-poll/{i}"))
+
+    threads = [threading.Thread(target=tick, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    run = loop.store.get("default", outcome.run_id)
+    assert [h.get("to") for h in run.history].count(R.APPROVED) == 1
+    assert [r.action for r in results].count("approved") == 1
+    assert len(loop.storage.queue(loop.settings.commands_queue).peek_messages(max_messages=32)) == 1
+
+
+def test_the_same_deploy_command_twice_deploys_once(loop, fresh_emulator):
+    outcome = start(loop, "data.csv", GOOD)
+    wait_job(loop, outcome.run_id)
+    poll.poll(loop, actor="timer-poll/test")
+    queue = loop.storage.queue(loop.settings.commands_queue)
+    [message] = queue.peek_messages()
+    queue.send_message(message.content)  # a duplicate, as at-least-once delivery may produce
+    drain_commands(loop)
+    patches = [r for r in fresh_emulator.admin("GET", "requests") if r["route"] in ("classic.patch", "arm.patch")]
+    assert sorted(r["route"] for r in patches) == ["arm.patch", "classic.patch"]
+    assert len(loop.targets.history("classic")) == 1
+    assert loop.store.get("default", outcome.run_id).status == R.DEPLOYED
+
+
+def test_one_target_failing_does_not_block_the_other(env, fresh_emulator, monkeypatch):
+    import json
+
+    settings = target_settings(env, fresh_emulator)
+    targets = json.loads(settings["DEPLOY_TARGETS"])
+    targets[0]["resource_name"] = "No Such Model [trained model]"
+    svc = services({**settings, "DEPLOY_TARGETS": json.dumps(targets)}, monkeypatch)
+    outcome = start(svc, "data.csv", GOOD)
+    finish(svc, outcome.run_id)
+    run = svc.store.get("default", outcome.run_id)
+    assert run.status == R.PARTIALLY_DEPLOYED
+    assert run.targets["arm"]["status"] == "Deployed"
+    assert run.targets["classic"]["status"] == "Failed"
+    assert run.targets["classic"]["error"]["detail_codes"] == ["InvalidResourceName"]
+    assert svc.targets.get("classic").live_run is None and svc.targets.get("classic").deploying_run is None
+
+
+def test_the_default_endpoint_is_refused_with_the_services_error(env, fresh_emulator, monkeypatch):
+    import json
+
+    settings = target_settings(env, fresh_emulator)
+    targets = json.loads(settings["DEPLOY_TARGETS"])[:1]
+    targets[0]["endpoint_url"] = fresh_emulator.info["classic_default_endpoint_url"]
+    svc = services({**settings, "DEPLOY_TARGETS": json.dumps(targets)}, monkeypatch)
+    outcome = start(svc, "data.csv", GOOD)
+    finish(svc, outcome.run_id)
+    run = svc.store.get("default", outcome.run_id)
+    assert run.status == R.FAILED
+    assert run.targets["classic"]["error"]["detail_codes"] == ["UpdateDefaultEndpointNotAllowed"]
+
+
+def test_an_arm_operation_that_ends_failed_is_a_failed_deploy(loop, fresh_emulator):
+    fresh_emulator.admin("POST", "faults", {"route": "arm.lro", "fail": "Provisioning the graph failed.", "times": 1})
+    outcome = start(loop, "data.csv", GOOD)
+    finish(loop, outcome.run_id)
+    run = loop.store.get("default", outcome.run_id)
+    assert run.status == R.PARTIALLY_DEPLOYED
+    assert run.targets["arm"]["status"] == "Failed"
+    assert "Provisioning the graph failed." in run.targets["arm"]["reason"]
+    assert loop.targets.get("arm").live_run is None
+
+
+def test_a_200_that_changes_nothing_is_retried_then_poisoned_with_the_reason_recorded(loop, fresh_emulator):
+    from shared import commands
+
+    fresh_emulator.admin("POST", "faults", {"route": "classic.patch", "no_effect": True})
+    outcome = start(loop, "data.csv", GOOD)
+    wait_job(loop, outcome.run_id)
+    poll.poll(loop, actor="timer-poll/test")
+    queue = loop.storage.queue(loop.settings.commands_queue)
+    [message] = queue.peek_messages()
+    body = message.content.encode()
+    limit = commands.max_dequeue_count()
+    for attempt in range(1, limit + 1):
+        with pytest.raises(Exception, match="classic"):
+            commands.handle(loop, body, message_id=message.id, dequeue_count=attempt, actor=f"queue/{attempt}")
+        run = loop.store.get("default", outcome.run_id)
+        expected = "Retrying" if attempt < limit else "Failed"
+        assert run.targets["classic"]["status"] == expected
+        assert run.targets["arm"]["status"] == "Deployed"
+    assert "gave up after" in run.targets["classic"]["reason"] and "NotInEffect" in run.targets["classic"]["reason"]
+    assert run.status == R.PARTIALLY_DEPLOYED
