@@ -18,7 +18,16 @@ from shared import runs as R
 from shared.bes import BesError
 from shared.http import ServiceError
 from shared.runs import Run, utcnow
-from shared.workflow import Outcome, RetryLater, Services, _admit_and_submit, _submit, _take_over, advance_pipeline
+from shared.workflow import (
+    LEASE,
+    Outcome,
+    RetryLater,
+    Services,
+    _admit_and_submit,
+    _submit,
+    _take_over,
+    advance_pipeline,
+)
 
 log = logging.getLogger(__name__)
 COMMAND_VERSION = 1
@@ -124,7 +133,7 @@ def _resubmit(svc: Services, run: Run, actor: str, details: str) -> Outcome:
             error={"code": "JobFailed", "message": details},
             attempts=current.attempts + 1,
             lease_owner=actor,
-            lease_until=now + dt.timedelta(minutes=10),
+            lease_until=now + LEASE,
         )
         return True
 
@@ -184,7 +193,18 @@ def _judge(svc: Services, run: Run, actor: str, results: dict) -> Outcome:
     def change(current: Run) -> bool:
         if current.status != R.RUNNING:
             return False
-        current.transition(status, by=actor, reason=reason, metrics=metrics, gate=decisions, error=None)
+        # An approved run is claimed by this poll (a lease), so only this poll hands it off.
+        lease = (actor, utcnow() + LEASE) if status == R.APPROVED else (None, None)
+        current.transition(
+            status,
+            by=actor,
+            reason=reason,
+            metrics=metrics,
+            gate=decisions,
+            error=None,
+            lease_owner=lease[0],
+            lease_until=lease[1],
+        )
         current.note(by=actor, reason=f"BES results: {json.dumps(returned, sort_keys=True)[:400]}")
         judged.append(True)
         return True
@@ -213,15 +233,40 @@ def deploy_command(run: Run) -> dict:
 def hand_off(svc: Services, run: Run, actor: str) -> Outcome:
     """Enqueue the deploy command, then mark the run Deploying and free the training slot.
 
-    Enqueue first: if we stop in between, the next poll sees Approved and enqueues again — a duplicate
-    command, which the deploy handler ignores — rather than a run that is never deployed.
+    Only the poll holding the run's lease hands it off, so overlapping polls queue one command. Enqueue
+    comes first: if we stop in between, the lease lapses and a later poll enqueues again — at worst a
+    duplicate command, which the deploy handler ignores — never a run that is not deployed.
     """
-    svc.storage.queue(svc.settings.commands_queue).send_message(json.dumps(deploy_command(run)))
+    now = utcnow()
+    claimed = []
+
+    def claim(current: Run) -> bool:
+        if current.status != R.APPROVED:
+            return False
+        if current.lease_owner == actor:
+            claimed.append(True)
+            return False
+        if not current.lease_free(now):
+            return False
+        current.note(by=actor, reason="handing off for deployment", lease_owner=actor, lease_until=now + LEASE)
+        claimed.append(True)
+        return True
+
+    current = svc.store.update(run.pipeline, run.run_id, claim)
+    if not claimed:
+        return Outcome(run.run_id, current.status, "in_progress")
+    svc.storage.queue(svc.settings.commands_queue).send_message(json.dumps(deploy_command(current)))
 
     def change(current: Run) -> bool:
         if current.status != R.APPROVED:
             return False
-        current.transition(R.DEPLOYING, by=actor, reason=f"deploy command queued on {svc.settings.commands_queue}")
+        current.transition(
+            R.DEPLOYING,
+            by=actor,
+            reason=f"deploy command queued on {svc.settings.commands_queue}",
+            lease_owner=None,
+            lease_until=None,
+        )
         return True
 
     current = svc.store.update(run.pipeline, run.run_id, change)
