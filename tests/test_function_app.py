@@ -130,3 +130,118 @@ def test_settings_errors_are_clear_when_the_app_is_misconfigured(monkeypatch):
     with pytest.raises(SettingsError, match="Setting BES_JOBS_URL: is required"):
         settings_module.get_settings()
     settings_module.get_settings.cache_clear()
+
+
+def test_poll_runs_is_a_timer_on_the_poll_schedule():
+    [trigger] = bindings()["poll_runs"]
+    assert trigger == {
+        "direction": "IN",
+        "type": "timerTrigger",
+        "name": "timer",
+        "schedule": "%POLL_SCHEDULE%",
+        "runOnStartup": False,
+        "useMonitor": True,
+    }
+
+
+def test_run_command_is_a_queue_trigger_on_the_commands_queue():
+    [trigger] = bindings()["run_command"]
+    assert trigger == {
+        "direction": "IN",
+        "type": "queueTrigger",
+        "name": "msg",
+        "queueName": "%COMMANDS_QUEUE%",
+        "connection": "AzureWebJobsStorage",
+    }
+
+
+@pytest.fixture
+def loop_env(app_env, fresh_emulator, monkeypatch):
+    from tests.loop import target_settings
+
+    env = target_settings(app_env, fresh_emulator, POLL_SCHEDULE="*/1 * * * * *")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return env
+
+
+def wait_for_job_end(fresh_emulator, timeout=20):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if jobs(fresh_emulator) and all(j["status"] in ("Finished", "Failed") for j in jobs(fresh_emulator)):
+            return
+        time.sleep(0.1)
+    raise AssertionError("the job did not end")
+
+
+def test_the_whole_loop_through_the_registered_triggers(loop_env, fresh_emulator):
+    # GIVEN the app as the host runs it
+    host = LocalHost(function_app.app, loop_env, visibility_timeout=0)
+    put_blob(loop_env, "census.csv")
+    # WHEN the blob trigger, the timer and the queue trigger each get their turn
+    assert [i.ok for i in host.scan_blobs()] == [True]
+    wait_for_job_end(fresh_emulator)
+    assert host.fire_timer("poll_runs").ok
+    assert [i.ok for i in host.pump_queues()] == [True]
+    # THEN the run went live on both targets
+    [run] = runs_of(loop_env)
+    assert run.status == R.DEPLOYED, run.history
+    assert [h["to"] for h in run.history if "to" in h] == [
+        R.REQUESTED,
+        R.SUBMITTED,
+        R.RUNNING,
+        R.APPROVED,
+        R.DEPLOYING,
+        R.DEPLOYED,
+    ]
+
+
+def test_a_deploy_that_never_takes_effect_ends_in_the_poison_queue_and_on_the_run(loop_env, fresh_emulator):
+    from azure.storage.queue import QueueClient
+
+    fresh_emulator.admin("POST", "faults", {"route": "classic.patch", "no_effect": True})
+    host = LocalHost(function_app.app, loop_env, visibility_timeout=0)
+    put_blob(loop_env, "census.csv")
+    host.scan_blobs()
+    wait_for_job_end(fresh_emulator)
+    host.fire_timer("poll_runs")
+    deliveries = []
+    for _ in range(host.max_dequeue_count + 2):
+        deliveries += host.pump_queues()
+    assert [i.ok for i in deliveries] == [False] * host.max_dequeue_count
+    poison = QueueClient.from_connection_string(loop_env["AzureWebJobsStorage"], loop_env["COMMANDS_QUEUE"] + "-poison")
+    assert len(poison.peek_messages()) == 1
+    [run] = runs_of(loop_env)
+    assert run.targets["classic"]["status"] == "Failed"
+    assert f"gave up after {host.max_dequeue_count} attempts" in run.targets["classic"]["reason"]
+    assert run.targets["arm"]["status"] == "Deployed"
+
+
+def test_a_message_that_is_not_base64_is_poisoned_and_bad_json_is_consumed(loop_env):
+    from azure.storage.queue import QueueClient, TextBase64EncodePolicy
+
+    host = LocalHost(function_app.app, loop_env, visibility_timeout=0)
+    conn, name = loop_env["AzureWebJobsStorage"], loop_env["COMMANDS_QUEUE"]
+    QueueClient.from_connection_string(conn, name).create_queue()
+    QueueClient.from_connection_string(conn, name).send_message("{raw json, not base64}")
+    QueueClient.from_connection_string(conn, name, message_encode_policy=TextBase64EncodePolicy()).send_message(
+        "{not json"
+    )
+    results = host.pump_queues() + host.pump_queues()
+    assert sorted(i.ok for i in results) == [False, True]
+    assert len(QueueClient.from_connection_string(conn, name + "-poison").peek_messages()) == 1
+    assert QueueClient.from_connection_string(conn, name).peek_messages() == []
+
+
+def test_the_local_host_fires_timers_on_their_ncrontab_schedule(loop_env):
+    import datetime as dt
+
+    host = LocalHost(function_app.app, {**loop_env, "POLL_SCHEDULE": "30 */5 * * * *"})
+    start = dt.datetime(2026, 1, 1, 12, 0, 0, tzinfo=dt.timezone.utc)
+    assert host.tick_timers(start) == []  # schedules the next occurrence: 12:00:30
+    assert host.tick_timers(start + dt.timedelta(seconds=29)) == []
+    [fired] = host.tick_timers(start + dt.timedelta(seconds=31))
+    assert fired.function == "poll_runs" and fired.ok
+    assert host.tick_timers(start + dt.timedelta(minutes=4)) == []  # next: 12:05:30

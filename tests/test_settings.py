@@ -75,3 +75,84 @@ def test_global_parameters_are_parsed():
 def test_blob_trigger_source_defaults_to_event_grid_and_can_be_switched_for_local_hosts():
     assert blob_trigger_source({}) == "EventGrid"
     assert blob_trigger_source({"TRAINING_BLOB_SOURCE": "LogsAndContainerScan"}) == "LogsAndContainerScan"
+
+
+CLASSIC = {
+    "name": "prod",
+    "kind": "classic",
+    "api_key": "fake-key-123456",
+    "resource_name": "M [trained model]",
+    "endpoint_url": "https://management.azureml.net/workspaces/ws/webservices/svc/endpoints/retrain",
+}
+ARM = {
+    "name": "arm-prod",
+    "kind": "arm",
+    "resource_id": "/subscriptions/s/resourceGroups/rg/providers/Microsoft.MachineLearning/webServices/svc",
+}
+
+
+def test_deploy_targets_are_parsed_with_their_defaults():
+    import json
+
+    s = Settings.from_env({**BASE, "DEPLOY_TARGETS": json.dumps([CLASSIC, ARM])})
+    classic, arm = s.targets
+    assert (classic.kind, classic.resource_name, classic.api_key) == ("classic", "M [trained model]", "fake-key-123456")
+    assert (arm.management_url, arm.api_version, arm.asset_name) == ("https://management.azure.com", "2017-01-01", None)
+    assert s.target("arm-prod") is arm and s.target("nope") is None
+    assert "fake-key-123456" not in repr(s)
+
+
+def test_a_classic_key_can_come_from_another_setting():
+    import json
+
+    target = {k: v for k, v in CLASSIC.items() if k != "api_key"} | {"api_key_setting": "PROD_KEY"}
+    s = Settings.from_env({**BASE, "DEPLOY_TARGETS": json.dumps([target]), "PROD_KEY": "from-key-vault-1234"})
+    assert s.targets[0].api_key == "from-key-vault-1234"
+    with pytest.raises(SettingsError, match="PROD_KEY"):
+        Settings.from_env({**BASE, "DEPLOY_TARGETS": json.dumps([target])})
+
+
+@pytest.mark.parametrize(
+    ("targets", "expected"),
+    [
+        ("{}", "JSON list"),
+        ("[1]", "not an object"),
+        ('[{"kind": "classic"}]', "needs a name"),
+        ([{**CLASSIC, "kind": "aks"}], "unknown kind"),
+        ([CLASSIC, CLASSIC], "named twice"),
+        ([{**CLASSIC, "endpointUrl": "x"}], "unknown field"),
+        ([{k: v for k, v in CLASSIC.items() if k != "resource_name"}], "missing resource_name"),
+        (
+            [{**CLASSIC, "endpoint_url": "http://management.azureml.net/workspaces/w/webservices/s/endpoints/e"}],
+            "https",
+        ),
+        ([{**CLASSIC, "endpoint_url": "https://management.azureml.net/workspaces/w/webservices/s"}], "endpoints"),
+        ([{**ARM, "resource_id": "/subscriptions/s/webServices/x"}], "resource_id"),
+        ([{**ARM, "api_version": "2020-01-01"}], "api_version"),
+        ([{**CLASSIC, "api_key": "@Microsoft.KeyVault(SecretUri=https://v/secrets/k/)"}], "Key Vault"),
+    ],
+)
+def test_bad_deploy_targets_are_refused_with_a_reason(targets, expected):
+    import json
+
+    raw = targets if isinstance(targets, str) else json.dumps(targets)
+    with pytest.raises(SettingsError, match="DEPLOY_TARGETS|Setting") as caught:
+        Settings.from_env({**BASE, "DEPLOY_TARGETS": raw})
+    assert expected in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("POLL_SCHEDULE", "*/5 * * * *"),
+        ("COMMANDS_QUEUE", "Commands"),
+        ("COMMANDS_QUEUE", "x" * 57),
+        ("GATE_MIN", "high"),
+        ("RESUBMIT_FAILED_JOBS", "maybe"),
+        ("POLL_CONCURRENCY", "0"),
+    ],
+)
+def test_poll_gate_and_queue_settings_are_validated(name, value):
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env({**BASE, name: value})
+    assert caught.value.setting == name
