@@ -1,13 +1,16 @@
-"""The local main job: Azurite + the Azure ML emulator + the app's own triggers, on embedded defaults.
+"""The local main job: the whole retraining loop on embedded defaults.
 
-``python -m localdev.demo`` starts everything on free ports, uploads the sample training data to the
-training container, and drives the registered functions (through :mod:`localdev.runner`) until the
-run's BES job has finished, printing each state change and finally the runs table and the outputs.
+``python -m localdev.demo`` starts Azurite and the Azure ML emulator on free ports and drives the
+functions registered in ``function_app.app`` (blob trigger, poll timer, command queue) through
+:mod:`localdev.runner`. It uploads good training data — trained, judged, deployed to a classic
+endpoint and a New (ARM) web service, verified, and scoring changes — then degraded data, which the
+gate rejects while the live model stays. It prints each state change and ends with a summary.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import secrets
 import sys
@@ -19,6 +22,10 @@ from localdev.services import Azurite, EmulatorProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "emulator" / "data" / "sample-training.csv"
+PROBE = [
+    {"age": 0.5, "income": -1.0, "tenure": 1.2, "visits": 0.1, "balance": -0.3},
+    {"age": -1.5, "income": 1.1, "tenure": -0.8, "visits": 0.0, "balance": 0.4},
+]
 
 
 def say(text: str = "") -> None:
@@ -27,84 +34,180 @@ def say(text: str = "") -> None:
 
 def table(rows: list[list[str]], header: list[str]) -> str:
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
-    line = lambda r: "  ".join(str(x).ljust(w) for x, w in zip(r, widths, strict=False))  # noqa: E731
+
+    def line(row: list[str]) -> str:
+        return "  ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=False)).rstrip()
+
     return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+def scores(emulator: EmulatorProcess, api_key: str) -> dict[str, list[float]]:
+    from localdev.scoring import arm_score, classic_score
+
+    return {
+        "classic-retrain": classic_score(emulator.info, api_key, PROBE),
+        "arm-census": arm_score(emulator.info, api_key, PROBE),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m localdev.demo", description=__doc__.splitlines()[0])
-    parser.add_argument("--job-seconds", type=float, default=3.0, help="how long the emulated job runs")
-    parser.add_argument("--timeout", type=float, default=120.0)
+    parser.add_argument("--job-seconds", type=float, default=2.0, help="how long each emulated BES job runs")
+    parser.add_argument("--timeout", type=float, default=120.0, help="give up on a run after this many seconds")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
     # azure-functions warns that auth levels apply only to HTTP functions; true and irrelevant here.
     logging.getLogger().addFilter(lambda record: "Auth level is not applied" not in record.getMessage())
 
-    api_key = secrets.token_urlsafe(32)  # a fresh throwaway key for the local emulator
+    api_key = secrets.token_urlsafe(32)  # a throwaway key for the local emulator
     say("Starting Azurite (blob, queue, table) and the Azure ML emulator on free ports ...")
     azurite = Azurite().start()
-    emulator = EmulatorProcess(api_key=api_key, job_seconds=args.job_seconds).start()
+    emulator = EmulatorProcess(
+        api_key=api_key, job_seconds=args.job_seconds, storage_connection_string=azurite.connection_string
+    ).start()
     try:
+        info = emulator.info
+        targets = [
+            {
+                "name": "classic-retrain",
+                "kind": "classic",
+                "endpoint_url": info["classic_endpoint_url"],
+                "api_key": api_key,
+                "resource_name": info["classic_resource_name"],
+            },
+            {
+                "name": "arm-census",
+                "kind": "arm",
+                "resource_id": info["arm_resource_id"],
+                "management_url": info["url"],
+            },
+        ]
         settings = {
             "AzureWebJobsStorage": azurite.connection_string,
             "TRAINING_BLOB_SOURCE": "LogsAndContainerScan",
             "TRAINING_CONTAINER": "training-data",
             "MODELS_CONTAINER": "models",
-            "BES_JOBS_URL": emulator.bes_jobs_url,
+            "BES_JOBS_URL": info["bes_jobs_url"],
             "BES_API_KEY": api_key,
             "RUNS_TABLE": "retrainingruns",
+            "COMMANDS_QUEUE": "retraining-commands",
+            "POLL_SCHEDULE": "*/2 * * * * *",
+            "GATE_METRIC": "AUC",
+            "GATE_MIN": "0.6",
+            "DEPLOY_TARGETS": json.dumps(targets),
+            "ARM_POLL_SECONDS": "0.2",
+            # The managed identity of the emulated App Service: azure-identity finds it as in Azure.
+            "IDENTITY_ENDPOINT": info["identity_endpoint"],
+            "IDENTITY_HEADER": info["identity_header"],
         }
         say(f"  Azurite blob endpoint  http://127.0.0.1:{azurite.blob_port}/devstoreaccount1")
-        say(f"  BES jobs URL           {emulator.bes_jobs_url}")
+        say(f"  BES jobs URL           {info['bes_jobs_url']}")
+        say(f"  deploy targets         classic endpoint 'retrain', ARM web service {info['arm_resource_id']}")
 
         import function_app
+        from emulator.sample_data import generate
         from shared.workflow import get_services
 
-        host = LocalHost(function_app.app, settings)
+        host = LocalHost(function_app.app, settings, visibility_timeout=1)
         svc = get_services()
         svc.storage.ensure_container("training-data")
-        say(f"\nUploading {SAMPLE.name} to training-data/ ...")
-        svc.storage.blobs.get_blob_client("training-data", SAMPLE.name).upload_blob(SAMPLE.read_bytes(), overwrite=True)
+        before = scores(emulator, api_key)
 
-        seen: dict[str, tuple[str, str | None]] = {}
-        deadline = time.monotonic() + args.timeout
-        finished = False
-        while time.monotonic() < deadline and not finished:
-            for invocation in host.scan_blobs():
-                result = "ok" if invocation.ok else invocation.error
-                say(f"[host] {invocation.function} ({invocation.trigger}): {result}")
-            for run in svc.store.list_runs(svc.settings.pipeline):
-                job_status = svc.bes.status(run.job_id).status if run.job_id else None
-                if seen.get(run.run_id) != (run.status, job_status):
-                    seen[run.run_id] = (run.status, job_status)
-                    say(f"[run {run.run_id}] status {run.status:<10} BES job {run.job_id or '-'} {job_status or ''}")
-                finished = job_status in ("Finished", "Failed", "Cancelled")
-            time.sleep(0.5)
+        seen: dict[str, int] = {}  # history entries already shown, per run
 
-        say("\nRuns table (" + settings["RUNS_TABLE"] + "):")
-        rows = [
-            [r.run_id, r.status, r.blob_name, r.job_id or "-", str(r.attempts), r.history[-1].get("reason", "")[:50]]
-            for r in svc.store.list_runs(svc.settings.pipeline)
-        ]
-        say(table(rows, ["run", "status", "blob", "BES job", "attempts", "last change"]))
-        say("\nOutputs in models/:")
-        for blob in svc.storage.blobs.get_container_client("models").list_blobs():
-            say(f"  {blob.name}  ({blob.size} bytes)")
-        evaluation = next(
-            (
-                b.name
-                for b in svc.storage.blobs.get_container_client("models").list_blobs()
-                if b.name.endswith("evaluation.csv")
-            ),
-            None,
+        def upload_and_follow(name: str, data: bytes) -> object:
+            say(f"\nUploading {name} to training-data/ ...")
+            svc.storage.blobs.get_blob_client("training-data", name).upload_blob(data, overwrite=True)
+            deadline = time.monotonic() + args.timeout
+            while time.monotonic() < deadline:
+                for invocation in host.scan_blobs() + host.tick_timers() + host.pump_queues():
+                    if not invocation.ok:
+                        say(f"  [host] {invocation.function} failed: {invocation.error}")
+                for run in svc.store.list_runs(svc.settings.pipeline):
+                    for entry in run.history[seen.get(run.run_id, 0) :]:
+                        if "to" in entry:  # each state change, as recorded
+                            say(
+                                f"  [run {run.run_id}] {entry['to']:<10} by {entry['by'].split('/')[0]:<13} "
+                                f"{entry['reason'][:80]}"
+                            )
+                    seen[run.run_id] = len(run.history)
+                    if run.blob_name == name and run.ended:
+                        return run
+                time.sleep(0.25)
+            raise TimeoutError(f"the run for {name} did not end within {args.timeout:.0f}s")
+
+        good = upload_and_follow("census-2026-11.csv", SAMPLE.read_bytes())
+        after_good = scores(emulator, api_key)
+        bad = upload_and_follow("census-2026-12-corrupted.csv", generate(600, seed=5, label_noise=0.45).encode())
+        after_bad = scores(emulator, api_key)
+
+        say("\nRuns (table retrainingruns):")
+        say(
+            table(
+                [
+                    [
+                        r.run_id,
+                        r.status,
+                        r.blob_name,
+                        f"{r.metrics.get('AUC', float('nan')):.4f}",
+                        ", ".join(f"{t}: {v['status']}" for t, v in r.targets.items()) or "-",
+                    ]
+                    for r in svc.store.list_runs(svc.settings.pipeline)
+                ],
+                ["run", "status", "training data", "AUC", "targets"],
+            )
         )
-        if evaluation:
-            text = svc.storage.blobs.get_blob_client("models", evaluation).download_blob().readall().decode()
-            say("\nEvaluation (" + evaluation + "):\n  " + text.strip().replace("\n", "\n  "))
-        if not finished:
-            say("\nThe job did not finish in time.")
-            return 1
-        return 0
+        say("\nGate decisions for the second upload:")
+        for name, decision in bad.gate.items():
+            say(f"  {name}: {'approved' if decision['approved'] else 'rejected'} - {decision['reason']}")
+        say("\nLive on each target:")
+        rows = []
+        for target in svc.settings.targets:
+            state = svc.targets.get(target.name)
+            rows.append(
+                [
+                    target.name,
+                    target.kind,
+                    state.live_run or "-",
+                    f"{(state.live_metrics or {}).get('AUC', 0):.4f}",
+                    str(state.since)[:19],
+                    svc.deployer(target).live() or "-",
+                ]
+            )
+        say(table(rows, ["target", "kind", "live run", "AUC", "since", "service reports"]))
+        say("\nScoring the same two rows (probability of the positive class):")
+        say(
+            table(
+                [
+                    [
+                        name,
+                        *(f"{p:.4f}" for p in before[name]),
+                        *(f"{p:.4f}" for p in after_good[name]),
+                        *(f"{p:.4f}" for p in after_bad[name]),
+                    ]
+                    for name in before
+                ],
+                [
+                    "target",
+                    "initial #1",
+                    "initial #2",
+                    "after good #1",
+                    "after good #2",
+                    "after bad #1",
+                    "after bad #2",
+                ],
+            )
+        )
+        ok = good.status == "Deployed" and bad.status == "Rejected" and after_bad == after_good and after_good != before
+        say(
+            "\n"
+            + (
+                "OK: the better model went live on both targets; the worse one was rejected and the live model stayed."
+                if ok
+                else "UNEXPECTED: see the runs above."
+            )
+        )
+        return 0 if ok else 1
     finally:
         emulator.stop()
         azurite.stop()

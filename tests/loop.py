@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 import time
 
-import requests
-
+from localdev import scoring
 from shared import commands, poll, workflow
 from shared.settings import Settings
 from tests.conftest import API_KEY
@@ -75,46 +74,8 @@ def finish(svc, run_id: str) -> None:
 
 
 def classic_score(emulator, rows: list[dict]) -> list[float]:
-    """Score through the classic endpoint's RRS, at the ApiLocation the management API reports."""
-    headers = {"Authorization": f"Bearer {API_KEY}"}
-    endpoint = requests.get(emulator.info["classic_endpoint_url"], headers=headers, timeout=10).json()
-    names = list(rows[0])
-    response = requests.post(
-        f"{endpoint['ApiLocation']}/execute",
-        params={"api-version": "2.0", "details": "true"},
-        headers=headers,
-        json={
-            "Inputs": {"input1": {"ColumnNames": names, "Values": [[r[n] for n in names] for r in rows]}},
-            "GlobalParameters": {},
-        },
-        timeout=10,
-    )
-    response.raise_for_status()
-    value = response.json()["Results"]["output1"]["value"]
-    return [float(v[value["ColumnNames"].index("Scored Probabilities")]) for v in value["Values"]]
+    return scoring.classic_score(emulator.info, API_KEY, rows)
 
 
 def arm_score(emulator, rows: list[dict]) -> list[float]:
-    """Score through the ARM web service's RRS (swagger format), found from its swaggerLocation."""
-    token = requests.get(
-        emulator.info["identity_endpoint"],
-        params={"api-version": "2019-08-01", "resource": "https://management.azure.com"},
-        headers={"X-IDENTITY-HEADER": emulator.info["identity_header"]},
-        timeout=10,
-    ).json()["access_token"]
-    definition = requests.get(
-        emulator.url + emulator.info["arm_resource_id"],
-        params={"api-version": "2017-01-01"},
-        headers={"Authorization": f"Bearer {token}"},
-        timeout=10,
-    ).json()
-    execute = definition["properties"]["swaggerLocation"].replace("/swagger.json", "/execute")
-    response = requests.post(
-        execute,
-        params={"api-version": "2.0", "format": "swagger"},
-        headers={"Authorization": f"Bearer {API_KEY}"},
-        json={"Inputs": {"input1": rows}},
-        timeout=10,
-    )
-    response.raise_for_status()
-    return [float(r["Scored Probabilities"]) for r in response.json()["Results"]["output1"]]
+    return scoring.arm_score(emulator.info, API_KEY, rows)
