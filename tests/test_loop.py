@@ -257,3 +257,25 @@ def test_a_200_that_changes_nothing_is_retried_then_poisoned_with_the_reason_rec
         assert run.targets["arm"]["status"] == "Deployed"
     assert "gave up after" in run.targets["classic"]["reason"] and "NotInEffect" in run.targets["classic"]["reason"]
     assert run.status == R.PARTIALLY_DEPLOYED
+
+
+def test_an_older_runs_late_deploy_never_replaces_a_newer_live_model(loop, fresh_emulator):
+    from shared import commands
+
+    # GIVEN two approved runs whose deploy commands are delivered newest first
+    older = start(loop, "a.csv", GOOD)
+    wait_job(loop, older.run_id)
+    newer = start(loop, "b.csv", BETTER)  # waits behind the older run
+    poll.poll(loop, actor="timer-poll/1")  # older approved, handed off; newer starts
+    wait_job(loop, newer.run_id)
+    poll.poll(loop, actor="timer-poll/2")
+    queue = loop.storage.queue(loop.settings.commands_queue)
+    messages = sorted(queue.receive_messages(max_messages=32), key=lambda m: newer.run_id not in m.content)
+    assert len(messages) == 2
+    for message in messages:  # the newer run's command first
+        commands.handle(loop, message.content.encode(), message_id=message.id, dequeue_count=1, actor="queue/x")
+    # THEN the newer model stays live and the older run records why it was not deployed
+    assert loop.targets.get("classic").live_run == newer.run_id
+    run = loop.store.get("default", older.run_id)
+    assert run.targets["classic"]["status"] == "Skipped" and "newer" in run.targets["classic"]["reason"]
+    assert run.status == R.DEPLOYED  # nothing failed: skipping is the right outcome
