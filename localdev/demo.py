@@ -67,21 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     ).start()
     try:
         info = emulator.info
-        targets = [
-            {
-                "name": "classic-retrain",
-                "kind": "classic",
-                "endpoint_url": info["classic_endpoint_url"],
-                "api_key": api_key,
-                "resource_name": info["classic_resource_name"],
-            },
-            {
-                "name": "arm-census",
-                "kind": "arm",
-                "resource_id": info["arm_resource_id"],
-                "management_url": info["url"],
-            },
-        ]
+        targets = emulator.deploy_targets(api_key, classic="classic-retrain", arm="arm-census")
         settings = {
             "AzureWebJobsStorage": azurite.connection_string,
             "TRAINING_BLOB_SOURCE": "LogsAndContainerScan",

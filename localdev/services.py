@@ -43,6 +43,16 @@ def _wait_for_port(port: int, process: subprocess.Popen, what: str, timeout: flo
     raise RuntimeError(f"{what} did not listen on port {port} within {timeout:.0f}s")
 
 
+def _stop(process: subprocess.Popen | None) -> None:
+    if process and process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 def azurite_binary() -> str:
     local = ROOT / "node_modules" / ".bin" / "azurite"
     if local.exists():
@@ -105,13 +115,7 @@ class Azurite:
         )
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        _stop(self.process)
         if self._tmp:
             self._tmp.cleanup()
             self._tmp = None
@@ -159,16 +163,23 @@ class EmulatorProcess:
         self.info = json.loads(line)
         return self
 
+    def deploy_targets(self, api_key: str, classic: str = "classic", arm: str = "arm") -> list[dict]:
+        """``DEPLOY_TARGETS`` entries for the seeded classic endpoint and ARM web service."""
+        return [
+            {
+                "name": classic,
+                "kind": "classic",
+                "endpoint_url": self.info["classic_endpoint_url"],
+                "api_key": api_key,
+                "resource_name": self.info["classic_resource_name"],
+            },
+            {"name": arm, "kind": "arm", "resource_id": self.info["arm_resource_id"], "management_url": self.url},
+        ]
+
     def admin(self, method: str, name: str, body: object | None = None) -> object:
         response = requests.request(method, f"{self.url}/_emulator/{name}", json=body, timeout=10)
         response.raise_for_status()
         return response.json()
 
     def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        _stop(self.process)

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 
 import requests
 
-from shared.http import ServiceError, make_session, send
+from shared.http import ServiceError, ci_get, make_session, send
 
 SCOPE = "https://management.azure.com/.default"
 TERMINAL = {"succeeded": "Succeeded", "failed": "Failed", "canceled": "Canceled", "cancelled": "Canceled"}
@@ -25,14 +25,6 @@ TERMINAL = {"succeeded": "Succeeded", "failed": "Failed", "canceled": "Canceled"
 
 class ArmError(ServiceError):
     service = "ARM"
-
-
-def ci_get(mapping: Any, key: str) -> Any:
-    if isinstance(mapping, dict):
-        for k, v in mapping.items():
-            if isinstance(k, str) and k.lower() == key.lower():
-                return v
-    return None
 
 
 def ci_key(mapping: dict, key: str) -> str:

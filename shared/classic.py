@@ -13,19 +13,11 @@ from typing import Any
 
 import requests
 
-from shared.http import ServiceError, make_session, send
+from shared.http import ServiceError, ci_get, make_session, send
 
 
 class ClassicError(ServiceError):
     service = "classic endpoint"
-
-
-def _ci(mapping: Any, key: str) -> Any:
-    if isinstance(mapping, dict):
-        for k, v in mapping.items():
-            if isinstance(k, str) and k.lower() == key.lower():
-                return v
-    return None
 
 
 class ClassicEndpointClient:
@@ -68,7 +60,7 @@ class ClassicEndpointClient:
 
     def resource_location(self, resource_name: str) -> dict | None:
         """The ``Location`` the endpoint reports for ``resource_name`` (keys matched case-insensitively)."""
-        for resource in _ci(self.get(), "Resources") or []:
-            if _ci(resource, "Name") == resource_name:
-                return _ci(resource, "Location") or {}
+        for resource in ci_get(self.get(), "Resources") or []:
+            if ci_get(resource, "Name") == resource_name:
+                return ci_get(resource, "Location") or {}
         return None

@@ -18,6 +18,15 @@ from shared.redact import redact
 TRANSIENT_HTTP = frozenset({408, 429, 500, 502, 503, 504})
 
 
+def ci_get(mapping: Any, key: str) -> Any:
+    """``mapping[key]`` with the key matched case-insensitively (services and examples mix casings)."""
+    if isinstance(mapping, dict):
+        for k, v in mapping.items():
+            if isinstance(k, str) and k.lower() == key.lower():
+                return v
+    return None
+
+
 class ServiceError(Exception):
     """A call to an Azure ML service failed. ``transient`` says whether trying again later can help."""
 

@@ -14,17 +14,7 @@ from tests.conftest import API_KEY
 def target_settings(env: dict, emulator, **extra) -> dict:
     """``env`` plus a classic and an ARM target on the emulator (the ARM one reached with a managed
     identity token from the emulator's identity endpoint)."""
-    info = emulator.info
-    targets = [
-        {
-            "name": "classic",
-            "kind": "classic",
-            "endpoint_url": info["classic_endpoint_url"],
-            "api_key": API_KEY,
-            "resource_name": info["classic_resource_name"],
-        },
-        {"name": "arm", "kind": "arm", "resource_id": info["arm_resource_id"], "management_url": info["url"]},
-    ]
+    targets = emulator.deploy_targets(API_KEY)
     return {**env, "DEPLOY_TARGETS": json.dumps(targets), "ARM_POLL_SECONDS": "0.05", **extra}
 
 
