@@ -193,3 +193,23 @@ def test_an_unknown_job_is_404_not_found(fresh_emulator):
     with pytest.raises(BesError) as caught:
         client(fresh_emulator).status("f" * 32)
     assert (caught.value.http_status, caught.value.code, caught.value.transient) == (404, "NotFound", False)
+
+
+def test_a_slow_answer_past_the_read_timeout_is_abandoned_and_retried(svc, fresh_emulator):
+    # GIVEN a client with a 1 s read timeout and a service whose first status answer takes 2 s
+    bes = BesClient(
+        fresh_emulator.bes_jobs_url,
+        API_KEY,
+        timeout=1,
+        session=make_session(retries=2, backoff=0.01, max_retry_after=1),
+    )
+    job_id = bes.submit(request_for(svc)[0])
+    fresh_emulator.admin("POST", "faults", {"route": "bes.status", "delay": 2, "times": 1})
+    started = time.monotonic()
+    # WHEN the status is read
+    status = bes.status(job_id)
+    # THEN the slow attempt was given up after the timeout and the retry answered
+    assert status.status == "NotStarted"
+    assert 1 <= time.monotonic() - started < 2
+    time.sleep(1.2)  # let the slow request finish so the log is complete
+    assert len([r for r in fresh_emulator.admin("GET", "requests") if r["route"] == "bes.status"]) == 2

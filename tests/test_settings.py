@@ -157,3 +157,13 @@ def test_poll_gate_and_queue_settings_are_validated(name, value):
     with pytest.raises(SettingsError) as caught:
         Settings.from_env({**BASE, name: value})
     assert caught.value.setting == name
+
+
+def test_the_documented_sample_settings_are_valid():
+    import json
+    from pathlib import Path
+
+    values = json.loads((Path(__file__).parent.parent / "local.settings.sample.json").read_text())["Values"]
+    settings = Settings.from_env(values)
+    assert [t.kind for t in settings.targets] == ["classic", "arm"]
+    assert settings.targets[0].api_key == values["BES_API_KEY"]  # by api_key_setting
