@@ -1,26 +1,44 @@
-"""Commands on the queue: what other systems (and the poll) ask this app to do.
+"""Commands on the queue: what other systems, operators and the poll ask this app to do.
 
-``{"type": "deploy", "version": 1, "pipeline": "default", "run_id": "...", "targets": ["a"]}``
-``{"type": "rollback", "version": 1, "target": "a", "to_run": "..."}`` (``to_run`` optional)
+The contract is ``shared/schemas/command.v1.schema.json`` (JSON Schema 2020-12): ``retrain``,
+``deploy`` and ``rollback``, version 1, unknown fields refused. Targets and blobs are named, never
+addressed, so nothing in a message can choose where credentials go.
 
-A command that can never succeed is consumed with a clear log line (retrying it would not help); a
-transient failure raises so the queue redelivers it, and after ``maxDequeueCount`` deliveries the host
-moves it to the poison queue — with the reason already recorded on the run.
+Every message is accounted for in the command log (``_commands`` partition of the runs table), keyed
+by the sender's ``request_id`` (or the queue message id): the same id is carried out once. A command
+that can never succeed is recorded as Rejected with the reason and the (truncated, redacted) message,
+logged once, and consumed. A transient failure raises, so the queue redelivers; on the last delivery
+(``maxDequeueCount``) it is recorded as Failed first, then the host moves it to the poison queue.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import functools
 import json
 import logging
-from dataclasses import dataclass
+import re
 from pathlib import Path
 
 from shared import deploy
 from shared.deploy import CommandRejected
+from shared.http import ServiceError
+from shared.redact import redact
+from shared.runs import utcnow
+from shared.store import DONE, FAILED, REJECTED, StaleError
 
 log = logging.getLogger(__name__)
 HOST_JSON = Path(__file__).resolve().parent.parent / "host.json"
+SCHEMA_PATH = Path(__file__).resolve().parent / "schemas" / "command.v1.schema.json"
+# A queue message holds 64 KiB once base64-encoded: 48 KiB of payload.
 MAX_MESSAGE_BYTES = 48 * 1024
+RAW_EXCERPT_CHARS = 1000
+LEASE = dt.timedelta(minutes=10)
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+
+
+class RetryLater(Exception):
+    """Another delivery of the same request is being carried out right now."""
 
 
 def max_dequeue_count() -> int:
@@ -31,56 +49,168 @@ def max_dequeue_count() -> int:
         return 5
 
 
-@dataclass(frozen=True)
-class Command:
-    type: str
-    body: dict
+@functools.cache
+def _schema() -> dict:
+    return json.loads(SCHEMA_PATH.read_text())
 
 
-def parse(raw: bytes) -> Command:
+@functools.cache
+def _validators() -> dict:
+    from jsonschema import Draft202012Validator
+
+    root = Draft202012Validator(_schema())
+    return {name: root.evolve(schema=_schema()["$defs"][name]) for name in ("retrain", "deploy", "rollback")}
+
+
+def parse(raw: bytes) -> dict:
+    """Decode and validate one message body against the schema; raise :class:`CommandRejected`."""
+    from jsonschema.exceptions import best_match
+
     if len(raw) > MAX_MESSAGE_BYTES:
         raise CommandRejected(f"message of {len(raw)} bytes exceeds {MAX_MESSAGE_BYTES}")
     try:
         body = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CommandRejected(f"message is not JSON: {exc}") from None
+        raise CommandRejected(f"message is not UTF-8 JSON: {exc}") from None
+    except RecursionError:
+        raise CommandRejected("message is nested too deeply") from None
     if not isinstance(body, dict):
-        raise CommandRejected("message is not a JSON object")
+        raise CommandRejected(f"message is a JSON {type(body).__name__}, not an object")
     if body.get("version") != 1:
-        raise CommandRejected(f"unsupported command version {body.get('version')!r} (expected 1)")
-    kind = body.get("type")
-    if kind == "deploy":
-        targets = body.get("targets")
-        if not isinstance(body.get("run_id"), str) or not (
-            targets is None or (isinstance(targets, list) and all(isinstance(t, str) for t in targets))
-        ):
-            raise CommandRejected("deploy needs run_id (string) and optional targets (list of strings)")
-    elif kind == "rollback":
-        if not isinstance(body.get("target"), str) or not isinstance(body.get("to_run", ""), str):
-            raise CommandRejected("rollback needs target (string) and optional to_run (string)")
-    else:
-        raise CommandRejected(f"unknown command type {kind!r}")
-    return Command(kind, body)
+        raise CommandRejected(f"unsupported command version {body.get('version')!r} (this app speaks version 1)")
+    validator = _validators().get(body.get("type")) if isinstance(body.get("type"), str) else None
+    if validator is None:
+        raise CommandRejected(f"unknown command type {body.get('type')!r} (expected retrain, deploy or rollback)")
+    error = best_match(validator.iter_errors(body))
+    if error is not None:
+        raise CommandRejected(f"{body['type']} command is invalid at {error.json_path}: {error.message}")
+    return body
+
+
+def request_key(body: object, message_id: str) -> str:
+    """The idempotency key: the sender's request_id if it has a usable one, else the message id."""
+    if isinstance(body, dict) and isinstance(body.get("request_id"), str) and _REQUEST_ID.match(body["request_id"]):
+        return f"req:{body['request_id']}"
+    return f"msg:{message_id}"
 
 
 def handle(svc, raw: bytes, *, message_id: str, dequeue_count: int, actor: str) -> str:
-    """Carry out one queue message. Returns what was done; raises only for what a retry may fix."""
+    """Carry out one queue message, exactly once per request id. Returns what was done; raises only
+    for what a redelivery may fix."""
+    now = utcnow()
+    excerpt = redact(raw[:RAW_EXCERPT_CHARS].decode("utf-8", "replace"))
     try:
-        command = parse(raw)
-        if command.type == "deploy":
-            if command.body.get("pipeline", svc.settings.pipeline) != svc.settings.pipeline:
-                raise CommandRejected(f"unknown pipeline {command.body.get('pipeline')!r}")
-            run = deploy.deploy_run(
-                svc,
-                command.body["run_id"],
-                command.body.get("targets"),
-                actor=actor,
-                attempt=dequeue_count,
-                max_attempts=max_dequeue_count(),
-            )
-            return f"deploy {run.run_id}: {run.status}"
-        result = deploy.rollback(svc, command.body["target"], command.body.get("to_run"), actor=actor)
-        return f"rollback {command.body['target']}: {result.action} ({result.reason})"
+        body = parse(raw)
     except CommandRejected as exc:
-        log.error("command %s rejected (not retried): %s", message_id, exc)
-        return f"rejected: {exc}"
+        loose = _loose_json(raw)  # still use its request_id and type for the record, if it has them
+        return _reject(
+            svc, request_key(loose, message_id), exc, _fields(loose, message_id, excerpt, actor), dequeue_count
+        )
+    key, fields = request_key(body, message_id), _fields(body, message_id, excerpt, actor)
+    state, record = svc.commands.claim(key, fields, LEASE, now)
+    if state == "done":
+        log.info(
+            "command %s: duplicate of an earlier %s request (%s), not carried out again",
+            message_id,
+            record.get("status"),
+            key,
+        )
+        return f"duplicate: {key} was already {record.get('status')}"
+    if state == "busy":
+        raise RetryLater(f"{key} is being carried out by another delivery")
+    try:
+        result = _execute(svc, body, actor=actor, attempt=dequeue_count, max_attempts=max_dequeue_count())
+    except CommandRejected as exc:
+        return _reject(svc, key, exc, fields, dequeue_count)
+    except (ServiceError, StaleError, deploy.DeployError) as exc:
+        reason = redact(str(exc))
+        if dequeue_count >= max_dequeue_count():
+            svc.commands.finish(
+                key,
+                FAILED,
+                utcnow(),
+                reason=f"gave up after {dequeue_count} deliveries: {reason}",
+                deliveries=dequeue_count,
+            )
+            log.error("command %s (%s) failed for good, to the poison queue: %s", message_id, key, reason)
+        else:
+            svc.commands.release(key, utcnow(), reason)
+        raise
+    svc.commands.finish(key, DONE, utcnow(), result=result[:2000])
+    log.info("command %s (%s): %s", message_id, key, result)
+    return result
+
+
+def _loose_json(raw: bytes) -> object:
+    if len(raw) > MAX_MESSAGE_BYTES:
+        return None
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None
+
+
+def _fields(body: object, message_id: str, excerpt: str, actor: str) -> dict:
+    kind = body.get("type") if isinstance(body, dict) and isinstance(body.get("type"), str) else None
+    return {"message_id": message_id, "raw": excerpt, "by": actor, "type": kind[:50] if kind else None}
+
+
+def _reject(svc, key: str, exc: CommandRejected, fields: dict, dequeue_count: int) -> str:
+    reason = redact(str(exc))[:2000]
+    svc.commands.finish(
+        key,
+        REJECTED,
+        utcnow(),
+        reason=reason,
+        deliveries=dequeue_count,
+        **{k: v for k, v in fields.items() if v is not None},
+    )
+    log.error("command %s rejected (consumed, not retried): %s", fields["message_id"], reason)
+    return f"rejected: {reason}"
+
+
+def _execute(svc, body: dict, *, actor: str, attempt: int, max_attempts: int) -> str:
+    if body.get("pipeline", svc.settings.pipeline) != svc.settings.pipeline:
+        raise CommandRejected(f"unknown pipeline {body.get('pipeline')!r}")
+    kind = body["type"]
+    if kind == "retrain":
+        outcome = retrain(svc, body.get("blob"), actor=actor)
+        return f"retrain: run {outcome.run_id} {outcome.action} ({outcome.status})"
+    if kind == "deploy":
+        force = body.get("reason") if body.get("force") else None
+        run = deploy.deploy_run(
+            svc,
+            body["run_id"],
+            body.get("targets"),
+            actor=actor,
+            attempt=attempt,
+            max_attempts=max_attempts,
+            force_reason=force,
+        )
+        states = ", ".join(f"{n}: {t['status']}" for n, t in sorted(run.targets.items()))
+        return f"deploy {run.run_id}: {run.status} ({states})"
+    result = deploy.rollback(svc, body["target"], body.get("to_run"), actor=actor)
+    return f"rollback {body['target']}: {result.action} ({result.reason})"
+
+
+def retrain(svc, blob_name: str | None, *, actor: str, salt: str = "", source: str = "queue"):
+    """Retrain on a named blob of the training container, or on the newest training blob."""
+    from azure.core.exceptions import ResourceNotFoundError
+
+    from shared.workflow import DATA_EXTENSIONS, start_run_for_blob
+
+    container = svc.settings.training_container
+    if blob_name is None:
+        blobs = [
+            b
+            for b in svc.storage.blobs.get_container_client(container).list_blobs()
+            if b.name.lower().endswith(DATA_EXTENSIONS) and b.size
+        ]
+        if not blobs:
+            raise CommandRejected(f"the training container {container!r} has no training data")
+        blob_name = max(blobs, key=lambda b: (b.last_modified, b.name)).name
+    try:
+        ref = svc.storage.blob_ref(container, blob_name)
+    except ResourceNotFoundError:
+        raise CommandRejected(f"no blob {blob_name!r} in the training container {container!r}") from None
+    return start_run_for_blob(svc, ref, source=source, actor=actor, salt=salt, hold=False)

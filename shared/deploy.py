@@ -176,7 +176,7 @@ def _claim(svc, target: Target, run: Run, kind: str) -> TargetState | PutResult:
                 code="TargetBusy",
                 transient=True,
             )
-        if kind == "deploy" and state.live_run and state.live_run != run.run_id:
+        if kind == "deploy" and state.live_run and state.live_run != run.run_id:  # forced/rollback may go back
             live = svc.store.get(run.pipeline, state.live_run)
             if live is not None and live.order_key > run.order_key:
                 return PutResult("skipped", f"newer data's model (run {live.run_id}) is already live")
@@ -208,29 +208,52 @@ class CommandRejected(ValueError):
     """A command that can never succeed (unknown run, wrong state): consumed, not retried."""
 
 
-def deploy_run(svc, run_id: str, target_names: list[str] | None, *, actor: str, attempt: int, max_attempts: int) -> Run:
-    """Deploy an approved run to each of its targets, independently. Transient failures are recorded
-    and raised (the queue retries); on the last attempt they are recorded as failures, then raised so
-    the message lands in the poison queue with the reason on the run."""
+def deploy_run(
+    svc,
+    run_id: str,
+    target_names: list[str] | None,
+    *,
+    actor: str,
+    attempt: int,
+    max_attempts: int,
+    force_reason: str | None = None,
+) -> Run:
+    """Deploy a run to each of its targets, independently.
+
+    Normally only an approved run, to the targets its gate approved. ``force_reason`` skips the gate
+    (any finished run with a model, to the named targets, even over a newer model) and is recorded.
+    Transient failures are recorded and raised (the queue retries); on the last attempt they are
+    recorded as failures, then raised so the message lands in the poison queue with the reason on the run.
+    """
     pipeline = svc.settings.pipeline
     run = svc.store.get(pipeline, run_id)
     if run is None:
         raise CommandRejected(f"no run {run_id!r} in pipeline {pipeline!r}")
-    if run.status not in (R.APPROVED, R.DEPLOYING, R.DEPLOYED, R.PARTIALLY_DEPLOYED, R.FAILED):
-        raise CommandRejected(f"run {run_id} is {run.status}, not approved for deployment")
-    approved = [name for name, gate in run.gate.items() if gate.get("approved")]
-    names = approved if target_names is None else [n for n in target_names if n in approved]
+    if force_reason is None:
+        if run.status not in (R.APPROVED, R.DEPLOYING, R.DEPLOYED, R.PARTIALLY_DEPLOYED, R.FAILED):
+            raise CommandRejected(f"run {run_id} is {run.status}, not approved for deployment")
+        approved = [name for name, gate in run.gate.items() if gate.get("approved")]
+        names = approved if target_names is None else [n for n in target_names if n in approved]
+    else:
+        unknown = [n for n in target_names or [] if svc.settings.target(n) is None]
+        if unknown or not target_names:
+            raise CommandRejected(f"forced deploy needs configured targets; unknown: {', '.join(unknown) or '-'}")
+        if not run.metrics or not run.outputs.get("model"):
+            raise CommandRejected(f"run {run_id} is {run.status} and has no trained model to deploy")
+        names = list(target_names)
+    kind = "deploy" if force_reason is None else "forced deploy"
     results: dict[str, dict] = {}
     retry: list[str] = []
     for name in names:
-        if run.targets.get(name, {}).get("status") in (DEPLOYED, SKIPPED, FAILED):
+        done = run.targets.get(name, {}).get("status") in (DEPLOYED, SKIPPED, FAILED)
+        if done and force_reason is None:
             continue  # done on an earlier delivery
         target = svc.settings.target(name)
         if target is None:
             results[name] = {"status": FAILED, "reason": "target is no longer configured"}
             continue
         try:
-            outcome = put_live(svc, target, run, actor=actor)
+            outcome = put_live(svc, target, run, actor=actor, kind=kind)
         except ServiceError as exc:
             final = not exc.transient or attempt >= max_attempts
             reason = str(exc) if not exc.transient or not final else f"gave up after {attempt} attempts: {exc}"
@@ -246,6 +269,8 @@ def deploy_run(svc, run_id: str, target_names: list[str] | None, *, actor: str, 
             continue
         status = SKIPPED if outcome.action == "skipped" else DEPLOYED
         results[name] = {"status": status, "reason": outcome.reason, "attempt": attempt}
+        if force_reason is not None:
+            results[name]["forced"] = force_reason
     run = _record_targets(svc, run_id, results, names, actor)
     if retry:
         raise DeployError(

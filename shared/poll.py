@@ -27,6 +27,7 @@ from shared.workflow import (
     _submit,
     _take_over,
     advance_pipeline,
+    start_quiet_waiter,
 )
 
 log = logging.getLogger(__name__)
@@ -36,9 +37,11 @@ COMMAND_VERSION = 1
 def poll(svc: Services, *, actor: str, now: dt.datetime | None = None) -> list[Outcome]:
     """Check every active run once; return what happened to each."""
     slot = svc.store.get_slot(svc.settings.pipeline)
-    run_ids = [slot.active_run] if slot.active_run else []
-    if not run_ids:
-        return []
+    if not slot.active_run:
+        # Only a held upload (DEBOUNCE_SECONDS) waits while the slot is free: start it once quiet.
+        started = start_quiet_waiter(svc, actor, now) if slot.waiting_run else None
+        return [started] if started else []
+    run_ids = [slot.active_run]
     workers = min(svc.settings.poll_concurrency, len(run_ids))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="poll") as pool:
         return list(pool.map(lambda run_id: _poll_safely(svc, run_id, actor, now), run_ids))

@@ -67,13 +67,15 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
-def run_id_for(pipeline: str, blob: BlobRef) -> str:
+def run_id_for(pipeline: str, blob: BlobRef, salt: str = "") -> str:
     """A deterministic id for training ``pipeline`` on one version of a blob.
 
     The same blob delivered twice yields the same id (so one run); a new ETag yields a new id. The
-    upload time comes first so an operator's listing sorts by when the data arrived.
+    upload time comes first so an operator's listing sorts by when the data arrived. ``salt`` makes a
+    deliberate retraining of the same data a new run (a schedule's occurrence, say).
     """
-    digest = hashlib.sha256(f"{pipeline}\n{blob.container}\n{blob.name}\n{blob.etag}".encode()).hexdigest()
+    key = f"{pipeline}\n{blob.container}\n{blob.name}\n{blob.etag}" + (f"\n{salt}" if salt else "")
+    digest = hashlib.sha256(key.encode()).hexdigest()
     stamp = blob.last_modified.astimezone(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
     return f"{stamp}Z-{digest[:16]}"
 
@@ -109,10 +111,10 @@ class Run:
     etag: str | None = None
 
     @classmethod
-    def for_blob(cls, pipeline: str, blob: BlobRef, source: str, actor: str, now: dt.datetime) -> Run:
+    def for_blob(cls, pipeline: str, blob: BlobRef, source: str, actor: str, now: dt.datetime, salt: str = "") -> Run:
         run = cls(
             pipeline=pipeline,
-            run_id=run_id_for(pipeline, blob),
+            run_id=run_id_for(pipeline, blob, salt),
             status=REQUESTED,
             source=source,
             created_at=now,

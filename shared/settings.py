@@ -103,6 +103,9 @@ class Settings:
     deploy_sas_days: int = 365
     arm_poll_seconds: float = 5.0
     arm_timeout_seconds: float = 600.0
+    retrain_schedule: str | None = None
+    retrain_always: bool = False
+    debounce_seconds: int = 0
 
     def target(self, name: str) -> Target | None:
         return next((t for t in self.targets if t.name == name), None)
@@ -250,6 +253,9 @@ class Settings:
             deploy_sas_days=integer("DEPLOY_SAS_DAYS", 365, 1, 3650),
             arm_poll_seconds=number("ARM_POLL_SECONDS", 5.0, 0.05, 60),
             arm_timeout_seconds=number("ARM_TIMEOUT_SECONDS", 600.0, 1, 3600),
+            retrain_schedule=retrain_schedule(env, strict=True),
+            retrain_always=flag("RETRAIN_ALWAYS", False),
+            debounce_seconds=integer("DEBOUNCE_SECONDS", 0, 0, 24 * 3600),
         )
 
 
@@ -363,6 +369,37 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+_NCRONTAB_FIELD = re.compile(r"^[0-9A-Za-z*/,\-]+$")
+
+
+def ncrontab(name: str, value: str) -> str:
+    """Check an NCRONTAB expression's shape: six fields, seconds first (the host parses the rest)."""
+    fields = value.split()
+    if len(fields) != 6 or not all(_NCRONTAB_FIELD.match(f) for f in fields):
+        raise SettingsError(
+            name, f"{value!r} is not an NCRONTAB expression with six fields (seconds first, e.g. '0 */5 * * * *')"
+        )
+    return " ".join(fields)
+
+
+def retrain_schedule(env: Mapping[str, str] | None = None, *, strict: bool = False) -> str | None:
+    """``RETRAIN_SCHEDULE``, or ``None`` when timer-based retraining is off (the default).
+
+    Read at indexing time too: the timer function exists only when a schedule is set, since a timer
+    binding needs a schedule and "off" has no NCRONTAB spelling.
+    """
+    env = os.environ if env is None else env
+    value = (env.get("RETRAIN_SCHEDULE") or "").strip()
+    if not value or value.lower() in ("off", "none", "false"):
+        return None
+    try:
+        return ncrontab("RETRAIN_SCHEDULE", value)
+    except SettingsError:
+        if strict:
+            raise
+        return None
 
 
 def blob_trigger_source(env: Mapping[str, str] | None = None) -> str:

@@ -237,3 +237,100 @@ class TargetStore:
     def history(self, name: str) -> list[dict]:
         query = "PartitionKey eq @pk"
         return [dict(e) for e in self.table.query_entities(query, parameters={"pk": f"_history-{name}"})]
+
+
+COMMANDS_PARTITION = "_commands"
+DONE, REJECTED, FAILED, IN_PROGRESS = "Done", "Rejected", "Failed", "InProgress"
+
+
+class CommandLog:
+    """Every command received, keyed by the sender's ``request_id`` (or the queue message id): the
+    idempotency record (the same id is carried out once) and the list an operator reads to see what
+    was rejected or gave up, and why."""
+
+    def __init__(self, table: TableClient) -> None:
+        self.table = table
+
+    def claim(self, key: str, fields: dict, lease: dt.timedelta, now: dt.datetime) -> tuple[str, dict]:
+        """``("claimed", entity)``, or ``("done", entity)`` if already finished, or ``("busy", entity)``
+        if another delivery is carrying it out right now."""
+        entity = {
+            "PartitionKey": COMMANDS_PARTITION,
+            "RowKey": key,
+            "kind": "command",
+            "status": IN_PROGRESS,
+            "received_at": now,
+            "updated_at": now,
+            "lease_until": now + lease,
+            "deliveries": 1,
+            "duplicates": 0,
+            **{k: v for k, v in fields.items() if v is not None},
+        }
+        for _ in range(MAX_CONFLICT_RETRIES):
+            try:
+                meta = self.table.create_entity(entity)
+                return "claimed", {**entity, "etag": meta["etag"]}
+            except ResourceExistsError:
+                pass
+            try:
+                current = self.table.get_entity(COMMANDS_PARTITION, key)
+            except ResourceNotFoundError:
+                continue
+            etag = current.metadata["etag"]
+            record = dict(current)
+            if record["status"] != IN_PROGRESS:
+                record["duplicates"] = int(record.get("duplicates") or 0) + 1
+                record["updated_at"] = now
+                with contextlib.suppress(ResourceModifiedError):
+                    self.table.update_entity(
+                        record, mode=UpdateMode.REPLACE, etag=etag, match_condition=MatchConditions.IfNotModified
+                    )
+                return "done", record
+            lease_until = record.get("lease_until")
+            if lease_until and lease_until > now:
+                return "busy", record
+            record.update(lease_until=now + lease, updated_at=now, deliveries=int(record.get("deliveries") or 0) + 1)
+            try:
+                meta = self.table.update_entity(
+                    record, mode=UpdateMode.REPLACE, etag=etag, match_condition=MatchConditions.IfNotModified
+                )
+                return "claimed", {**record, "etag": meta["etag"]}
+            except ResourceModifiedError:
+                continue
+        raise StaleError(f"command {key}: too contended")
+
+    def finish(self, key: str, status: str, now: dt.datetime, **fields) -> None:
+        """Record the outcome. Unconditional: only the claim's holder (or a rejection, which never
+        claimed) gets here."""
+        try:
+            record = dict(self.table.get_entity(COMMANDS_PARTITION, key))
+        except ResourceNotFoundError:
+            record = {
+                "PartitionKey": COMMANDS_PARTITION,
+                "RowKey": key,
+                "kind": "command",
+                "received_at": now,
+                "deliveries": 1,
+                "duplicates": 0,
+            }
+        record.update(status=status, updated_at=now, **fields)
+        record.pop("lease_until", None)
+        self.table.upsert_entity({k: v for k, v in record.items() if v is not None}, mode=UpdateMode.REPLACE)
+
+    def release(self, key: str, now: dt.datetime, last_error: str) -> None:
+        """Give up the claim after a transient failure so the redelivery may claim it at once."""
+        with contextlib.suppress(ResourceNotFoundError):
+            current = self.table.get_entity(COMMANDS_PARTITION, key)
+            current.update(lease_until=now, updated_at=now, last_error=last_error)
+            self.table.update_entity(current, mode=UpdateMode.REPLACE)
+
+    def get(self, key: str) -> dict | None:
+        try:
+            return dict(self.table.get_entity(COMMANDS_PARTITION, key))
+        except ResourceNotFoundError:
+            return None
+
+    def list(self, status: str | None = None) -> list[dict]:
+        query = "PartitionKey eq @pk" + (" and status eq @status" if status else "")
+        entities = self.table.query_entities(query, parameters={"pk": COMMANDS_PARTITION, "status": status})
+        return sorted((dict(e) for e in entities), key=lambda e: e.get("received_at") or dt.datetime.min)

@@ -19,7 +19,7 @@ from shared.redact import redact
 from shared.runs import Run, utcnow
 from shared.settings import ClassicTarget, Settings, Target, get_settings
 from shared.storage import BlobRef, Storage
-from shared.store import MAX_CONFLICT_RETRIES, RunExists, RunStore, StaleError, TargetStore
+from shared.store import MAX_CONFLICT_RETRIES, CommandLog, RunExists, RunStore, StaleError, TargetStore
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,7 @@ class Services:
     store: RunStore
     bes: BesClient
     targets: TargetStore
+    commands: CommandLog
     credential: Any = None  # azure-identity credential for ARM targets, created on first use
     _deployers: dict = field(default_factory=dict)
 
@@ -79,6 +80,7 @@ def build_services(settings: Settings) -> Services:
         store=store,
         bes=BesClient(settings.bes_jobs_url, settings.bes_api_key, timeout=settings.http_timeout_seconds),
         targets=TargetStore(store.table),
+        commands=CommandLog(store.table),
     )
 
 
@@ -105,7 +107,14 @@ class RetryLater(Exception):
 
 
 def start_run_for_blob(
-    svc: Services, blob: BlobRef, *, source: str, actor: str, now: dt.datetime | None = None
+    svc: Services,
+    blob: BlobRef,
+    *,
+    source: str,
+    actor: str,
+    now: dt.datetime | None = None,
+    salt: str = "",
+    hold: bool | None = None,
 ) -> Outcome:
     """Record a run for this version of ``blob`` and start training it, or queue it behind the active run.
 
@@ -113,7 +122,9 @@ def start_run_for_blob(
     unless an earlier delivery was interrupted before the job started, in which case it resumes.
     """
     now = now or utcnow()
-    run = Run.for_blob(svc.settings.pipeline, blob, source, actor, now)
+    if hold is None:  # a quiet period applies to uploads: a burst becomes one run on the newest blob
+        hold = source == "blob" and svc.settings.debounce_seconds > 0
+    run = Run.for_blob(svc.settings.pipeline, blob, source, actor, now, salt)
     problem = unusable_blob(blob)
     if problem:
         run.transition(
@@ -134,7 +145,7 @@ def start_run_for_blob(
         run = _take_over(svc, run.run_id, actor, now)
         if isinstance(run, Outcome):
             return run
-    return _admit_and_submit(svc, run, actor)
+    return _admit_and_submit(svc, run, actor, hold=hold)
 
 
 def unusable_blob(blob: BlobRef) -> str | None:
@@ -177,21 +188,25 @@ def _take_over(svc: Services, run_id: str, actor: str, now: dt.datetime) -> Run 
         return Outcome(run_id, existing.status, "in_progress")
 
 
-def _admit_and_submit(svc: Services, run: Run, actor: str) -> Outcome:
-    decision, other = _admit(svc, run, actor)
+def _admit_and_submit(svc: Services, run: Run, actor: str, *, hold: bool = False) -> Outcome:
+    decision, other = _admit(svc, run, actor, hold=hold)
     if decision == "active":
         return _submit(svc, run, actor)
     if decision == "waiting":
-        outcome = _settle(svc, run, actor, R.WAITING, "waiting for the active run to end")
+        why = "waiting for the quiet period to pass" if hold else "waiting for the active run to end"
+        outcome = _settle(svc, run, actor, R.WAITING, why, attempts=0)
         if other:
             _supersede(svc, other, by_run=run.run_id, actor=actor)
         return outcome
     return _settle(svc, run, actor, R.SUPERSEDED, f"newer data is already queued ({other})", superseded_by=other)
 
 
-def _admit(svc: Services, run: Run, actor: str) -> tuple[str, str | None]:
+def _admit(svc: Services, run: Run, actor: str, *, hold: bool = False) -> tuple[str, str | None]:
     """Claim the pipeline's slot for ``run``: ``active``, ``waiting`` (displacing an older waiter), or
-    ``superseded`` (by newer data). Returns the decision and the other run it concerns."""
+    ``superseded`` (by newer data). Returns the decision and the other run it concerns.
+
+    ``hold`` queues the run even when the slot is free: the poll starts it once the quiet period
+    (``DEBOUNCE_SECONDS``) after the newest upload has passed."""
     store, key = svc.store, run.order_key
     for _ in range(MAX_CONFLICT_RETRIES):
         slot = store.get_slot(run.pipeline)
@@ -206,7 +221,7 @@ def _admit(svc: Services, run: Run, actor: str) -> tuple[str, str | None]:
         displaced = None
         if slot.active_run == run.run_id:
             return "active", None
-        if slot.active_run is None:
+        if slot.active_run is None and not hold:
             slot.active_run = run.run_id
             decision = "active"
         elif slot.waiting_run == run.run_id:
@@ -391,11 +406,28 @@ def _cancel_quietly(svc: Services, job_id: str) -> None:
 
 def advance_pipeline(svc: Services, ended_run_id: str, actor: str) -> Outcome | None:
     """After ``ended_run_id`` ended, hand the slot to the newest waiting upload and start it."""
+    return _pass_slot(svc, ended_run_id, actor, f"promoted: run {ended_run_id} ended")
+
+
+def start_quiet_waiter(svc: Services, actor: str, now: dt.datetime | None = None) -> Outcome | None:
+    """With ``DEBOUNCE_SECONDS``: start the newest waiting upload once no upload came for that long."""
+    slot = svc.store.get_slot(svc.settings.pipeline)
+    if slot.active_run or not slot.waiting_run:
+        return None
+    waiter = svc.store.get(svc.settings.pipeline, slot.waiting_run)
+    now = now or utcnow()
+    if waiter is not None and waiter.created_at + dt.timedelta(seconds=svc.settings.debounce_seconds) > now:
+        return Outcome(waiter.run_id, waiter.status, "quiet_period")
+    return _pass_slot(svc, None, actor, f"promoted: no newer upload for {svc.settings.debounce_seconds}s")
+
+
+def _pass_slot(svc: Services, expected_active: str | None, actor: str, reason: str) -> Outcome | None:
+    """Move the waiting run into the slot held by ``expected_active`` (``None``: a free slot) and start it."""
     store, pipeline = svc.store, svc.settings.pipeline
     for _ in range(MAX_CONFLICT_RETRIES):
         slot = store.get_slot(pipeline)
-        if slot.active_run != ended_run_id:
-            return None  # not the active run, or someone already advanced
+        if slot.active_run != expected_active or (expected_active is None and not slot.waiting_run):
+            return None  # someone else moved the slot on already
         next_id, slot.active_run, slot.waiting_run, slot.waiting_key = slot.waiting_run, slot.waiting_run, None, None
         try:
             store.save_slot(slot)
@@ -411,7 +443,6 @@ def advance_pipeline(svc: Services, ended_run_id: str, actor: str) -> Outcome | 
     def promote(current: Run) -> bool:
         if current.status not in (R.WAITING, R.REQUESTED):
             return False
-        reason = f"promoted: run {ended_run_id} ended"
         if current.status == R.WAITING:
             current.transition(R.REQUESTED, by=actor, reason=reason, now=now)
         else:
@@ -423,7 +454,7 @@ def advance_pipeline(svc: Services, ended_run_id: str, actor: str) -> Outcome | 
     run = store.update(pipeline, next_id, promote)
     if run is None or run.lease_owner != actor or run.status != R.REQUESTED:
         return None
-    log.info("run %s: promoted after %s ended", next_id, ended_run_id)
+    log.info("run %s: %s", next_id, reason)
     return _submit(svc, run, actor)
 
 
