@@ -6,7 +6,7 @@ import azure.functions as func
 import azurefunctions.extensions.bindings.blob as blob_types
 
 from shared import workflow
-from shared.settings import blob_trigger_source
+from shared.settings import blob_trigger_source, retrain_schedule
 from shared.storage import blob_ref_from_properties
 
 app = func.FunctionApp()
@@ -71,3 +71,14 @@ def run_command(msg: func.QueueMessage, context: func.Context) -> None:
         actor=f"queue/{msg.id}",
     )
     log.info("command %s (delivery %s): %s", msg.id, msg.dequeue_count, result)
+
+
+if retrain_schedule():  # off by default: a timer needs a schedule, and "off" has no NCRONTAB spelling
+
+    @app.function_name("retrain_on_schedule")
+    @app.timer_trigger(arg_name="timer", schedule=retrain_schedule(), run_on_startup=False, use_monitor=True)
+    def retrain_on_schedule(timer: func.TimerRequest, context: func.Context) -> None:
+        """Retrain on the newest training data on RETRAIN_SCHEDULE (through the same path as uploads)."""
+        outcome = workflow.retrain_on_schedule(workflow.get_services(), actor=f"timer-retrain/{context.invocation_id}")
+        if outcome:
+            log.info("run %s: %s (%s)", outcome.run_id, outcome.action, outcome.status)

@@ -99,14 +99,14 @@ def handle(svc, raw: bytes, *, message_id: str, dequeue_count: int, actor: str) 
     for what a redelivery may fix."""
     now = utcnow()
     excerpt = redact(raw[:RAW_EXCERPT_CHARS].decode("utf-8", "replace"))
+    body, problem = None, None
     try:
         body = parse(raw)
     except CommandRejected as exc:
-        loose = _loose_json(raw)  # still use its request_id and type for the record, if it has them
-        return _reject(
-            svc, request_key(loose, message_id), exc, _fields(loose, message_id, excerpt, actor), dequeue_count
-        )
-    key, fields = request_key(body, message_id), _fields(body, message_id, excerpt, actor)
+        problem = exc
+    # A rejected message is still keyed by its request_id if it has a usable one.
+    loose = body if body is not None else _loose_json(raw)
+    key, fields = request_key(loose, message_id), _fields(loose, message_id, excerpt, actor)
     state, record = svc.commands.claim(key, fields, LEASE, now)
     if state == "done":
         log.info(
@@ -118,6 +118,8 @@ def handle(svc, raw: bytes, *, message_id: str, dequeue_count: int, actor: str) 
         return f"duplicate: {key} was already {record.get('status')}"
     if state == "busy":
         raise RetryLater(f"{key} is being carried out by another delivery")
+    if problem is not None:
+        return _reject(svc, key, problem, fields, dequeue_count)
     try:
         result = _execute(svc, body, actor=actor, attempt=dequeue_count, max_attempts=max_dequeue_count())
     except CommandRejected as exc:
@@ -174,7 +176,12 @@ def _execute(svc, body: dict, *, actor: str, attempt: int, max_attempts: int) ->
         raise CommandRejected(f"unknown pipeline {body.get('pipeline')!r}")
     kind = body["type"]
     if kind == "retrain":
-        outcome = retrain(svc, body.get("blob"), actor=actor)
+        from shared.workflow import NothingToTrain, retrain
+
+        try:
+            outcome = retrain(svc, body.get("blob"), source="queue", actor=actor)
+        except NothingToTrain as exc:
+            raise CommandRejected(str(exc)) from None
         return f"retrain: run {outcome.run_id} {outcome.action} ({outcome.status})"
     if kind == "deploy":
         force = body.get("reason") if body.get("force") else None
@@ -191,26 +198,3 @@ def _execute(svc, body: dict, *, actor: str, attempt: int, max_attempts: int) ->
         return f"deploy {run.run_id}: {run.status} ({states})"
     result = deploy.rollback(svc, body["target"], body.get("to_run"), actor=actor)
     return f"rollback {body['target']}: {result.action} ({result.reason})"
-
-
-def retrain(svc, blob_name: str | None, *, actor: str, salt: str = "", source: str = "queue"):
-    """Retrain on a named blob of the training container, or on the newest training blob."""
-    from azure.core.exceptions import ResourceNotFoundError
-
-    from shared.workflow import DATA_EXTENSIONS, start_run_for_blob
-
-    container = svc.settings.training_container
-    if blob_name is None:
-        blobs = [
-            b
-            for b in svc.storage.blobs.get_container_client(container).list_blobs()
-            if b.name.lower().endswith(DATA_EXTENSIONS) and b.size
-        ]
-        if not blobs:
-            raise CommandRejected(f"the training container {container!r} has no training data")
-        blob_name = max(blobs, key=lambda b: (b.last_modified, b.name)).name
-    try:
-        ref = svc.storage.blob_ref(container, blob_name)
-    except ResourceNotFoundError:
-        raise CommandRejected(f"no blob {blob_name!r} in the training container {container!r}") from None
-    return start_run_for_blob(svc, ref, source=source, actor=actor, salt=salt, hold=False)

@@ -273,14 +273,8 @@ def deploy_run(
             results[name]["forced"] = force_reason
     run = _record_targets(svc, run_id, results, names, actor)
     if retry:
-        raise DeployError(
-            f"run {run_id}: {', '.join(retry)} will be retried"
-            if attempt < max_attempts
-            else f"run {run_id}: {', '.join(retry)} failed after {attempt} attempts",
-            operation="deploy",
-            code="Retry",
-            transient=True,
-        )
+        reasons = "; ".join(f"{name}: {results[name]['reason']}" for name in retry)
+        raise DeployError(f"run {run_id}: {reasons}", operation="to targets", code="Retry", transient=True)
     return run
 
 

@@ -91,6 +91,7 @@ class Settings:
     job_timeout_minutes: int = 120
     max_attempts: int = 3
     http_timeout_seconds: float = 30.0
+    http_retries: int = 4
     training_blob_source: str = "EventGrid"
     poll_schedule: str = "0 */1 * * * *"
     poll_concurrency: int = 8
@@ -241,6 +242,7 @@ class Settings:
             job_timeout_minutes=integer("JOB_TIMEOUT_MINUTES", 120, 1, 7 * 24 * 60),
             max_attempts=integer("MAX_ATTEMPTS", 3, 1, 20),
             http_timeout_seconds=http_timeout,
+            http_retries=integer("HTTP_RETRIES", 4, 0, 10),
             training_blob_source=source,
             poll_schedule=schedule,
             poll_concurrency=integer("POLL_CONCURRENCY", 8, 1, 64),

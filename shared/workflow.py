@@ -15,6 +15,7 @@ from typing import Any
 
 from shared import runs as R
 from shared.bes import BesClient, BesError, blob_reference
+from shared.http import make_session
 from shared.redact import redact
 from shared.runs import Run, utcnow
 from shared.settings import ClassicTarget, Settings, Target, get_settings
@@ -49,8 +50,9 @@ class Services:
 
         if target.name not in self._deployers:
             s = self.settings
+            session = make_session(retries=s.http_retries)
             if isinstance(target, ClassicTarget):
-                deployer = ClassicDeployer(target, self.storage, s.deploy_sas_days, s.http_timeout_seconds)
+                deployer = ClassicDeployer(target, self.storage, s.deploy_sas_days, s.http_timeout_seconds, session)
             else:
                 from shared.arm import ArmWebServiceClient
 
@@ -65,6 +67,7 @@ class Services:
                     timeout=s.http_timeout_seconds,
                     poll_seconds=s.arm_poll_seconds,
                     operation_timeout=s.arm_timeout_seconds,
+                    session=session,
                 )
                 deployer = ArmDeployer(target, self.storage, client)
             self._deployers[target.name] = deployer
@@ -78,7 +81,12 @@ def build_services(settings: Settings) -> Services:
         settings=settings,
         storage=storage,
         store=store,
-        bes=BesClient(settings.bes_jobs_url, settings.bes_api_key, timeout=settings.http_timeout_seconds),
+        bes=BesClient(
+            settings.bes_jobs_url,
+            settings.bes_api_key,
+            timeout=settings.http_timeout_seconds,
+            session=make_session(retries=settings.http_retries),
+        ),
         targets=TargetStore(store.table),
         commands=CommandLog(store.table),
     )
@@ -146,6 +154,58 @@ def start_run_for_blob(
         if isinstance(run, Outcome):
             return run
     return _admit_and_submit(svc, run, actor, hold=hold)
+
+
+class NothingToTrain(ValueError):
+    """A retraining was asked for, but there is no such training blob."""
+
+
+def retrain(svc: Services, blob_name: str | None, *, source: str, actor: str, salt: str = "") -> Outcome:
+    """Retrain on a named blob of the training container, or on the newest training blob — through the
+    same idempotent path as uploads (the same blob version is one run, unless ``salt`` says otherwise)."""
+    from azure.core.exceptions import ResourceNotFoundError
+
+    container = svc.settings.training_container
+    if blob_name is None:
+        blob_name = newest_training_blob(svc)
+    try:
+        ref = svc.storage.blob_ref(container, blob_name)
+    except ResourceNotFoundError:
+        raise NothingToTrain(f"no blob {blob_name!r} in the training container {container!r}") from None
+    return start_run_for_blob(svc, ref, source=source, actor=actor, salt=salt, hold=False)
+
+
+def newest_training_blob(svc: Services) -> str:
+    container = svc.settings.training_container
+    blobs = [
+        b
+        for b in svc.storage.blobs.get_container_client(container).list_blobs()
+        if b.name.lower().endswith(DATA_EXTENSIONS) and b.size
+    ]
+    if not blobs:
+        raise NothingToTrain(f"the training container {container!r} has no training data")
+    return max(blobs, key=lambda b: (b.last_modified, b.name)).name
+
+
+def retrain_on_schedule(svc: Services, *, actor: str, now: dt.datetime | None = None) -> Outcome | None:
+    """A schedule occurrence: retrain on the newest training blob unless that version was trained
+    already (or always, with ``RETRAIN_ALWAYS``: then one new run per occurrence minute)."""
+    now = now or utcnow()
+    try:
+        name = newest_training_blob(svc)
+    except NothingToTrain as exc:
+        log.info("scheduled retraining: %s", exc)
+        return None
+    salt = ""
+    if svc.settings.retrain_always:
+        salt = f"schedule:{now.astimezone(dt.timezone.utc):%Y%m%dT%H%M}"
+    else:
+        ref = svc.storage.blob_ref(svc.settings.training_container, name)
+        existing = svc.store.get(svc.settings.pipeline, R.run_id_for(svc.settings.pipeline, ref))
+        if existing is not None:
+            log.info("scheduled retraining: %s was trained already (run %s)", name, existing.run_id)
+            return Outcome(existing.run_id, existing.status, "already_trained")
+    return retrain(svc, name, source="timer", actor=actor, salt=salt)
 
 
 def unusable_blob(blob: BlobRef) -> str | None:

@@ -55,6 +55,7 @@ def env(azurite, fresh_emulator) -> dict[str, str]:
         "RUNS_TABLE": f"runs{uid}",
         "TRAINING_BLOB_SOURCE": "LogsAndContainerScan",
         "COMMANDS_QUEUE": f"commands-{uid}",
+        "HTTP_RETRIES": "1",  # exhausting retries should take milliseconds in tests
         "IDENTITY_ENDPOINT": fresh_emulator.info["identity_endpoint"],
         "IDENTITY_HEADER": fresh_emulator.info["identity_header"],
     }
