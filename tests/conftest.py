@@ -94,3 +94,14 @@ def upload(svc: workflow.Services, name: str, data: bytes = SAMPLE) -> BlobRef:
 
 def jobs(emulator) -> list[dict]:
     return emulator.admin("GET", "jobs")
+
+
+@pytest.fixture
+def loop_env(app_env, fresh_emulator, monkeypatch):
+    """The app's environment with deploy targets on the emulator and a poll every second."""
+    from tests.loop import target_settings
+
+    env = target_settings(app_env, fresh_emulator, POLL_SCHEDULE="*/1 * * * * *")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return env

@@ -155,16 +155,6 @@ def test_run_command_is_a_queue_trigger_on_the_commands_queue():
     }
 
 
-@pytest.fixture
-def loop_env(app_env, fresh_emulator, monkeypatch):
-    from tests.loop import target_settings
-
-    env = target_settings(app_env, fresh_emulator, POLL_SCHEDULE="*/1 * * * * *")
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    return env
-
-
 def wait_for_job_end(fresh_emulator, timeout=20):
     import time
 

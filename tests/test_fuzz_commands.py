@@ -77,10 +77,20 @@ def fuzz_services(azurite, emulator):
 
     uid = uuid.uuid4().hex[:8]
     targets = emulator.deploy_targets("fuzz-key-not-used")
-    svc = workflow.build_services(Settings.from_env({
-        "AzureWebJobsStorage": azurite.connection_string, "BES_JOBS_URL": emulator.bes_jobs_url,
-        "BES_API_KEY": "fuzz-key-not-used", "TRAINING_CONTAINER": f"fuzz-{uid}", "MODELS_CONTAINER": f"fm-{uid}",
-        "RUNS_TABLE": f"fuzz{uid}", "COMMANDS_QUEUE": f"fuzz-{uid}", "DEPLOY_TARGETS": json.dumps(targets)}))
+    svc = workflow.build_services(
+        Settings.from_env(
+            {
+                "AzureWebJobsStorage": azurite.connection_string,
+                "BES_JOBS_URL": emulator.bes_jobs_url,
+                "BES_API_KEY": "fuzz-key-not-used",
+                "TRAINING_CONTAINER": f"fuzz-{uid}",
+                "MODELS_CONTAINER": f"fm-{uid}",
+                "RUNS_TABLE": f"fuzz{uid}",
+                "COMMANDS_QUEUE": f"fuzz-{uid}",
+                "DEPLOY_TARGETS": json.dumps(targets),
+            }
+        )
+    )
     svc.storage.ensure_container(svc.settings.training_container)
     return svc
 
