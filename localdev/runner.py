@@ -32,15 +32,12 @@ ROOT = Path(__file__).resolve().parent.parent
 _EXPRESSION = re.compile(r"%([^%]+)%")
 
 
-_INDEXED: dict[int, list[Any]] = {}
-
-
 def index(app: Any) -> list[Any]:
     """The app's functions, built once: ``FunctionApp.get_functions()`` may run only once per app
     (a second call fails its unique-name check), just as the worker indexes once."""
-    if id(app) not in _INDEXED:
-        _INDEXED[id(app)] = app.get_functions()
-    return _INDEXED[id(app)]
+    if not hasattr(app, "_localdev_index"):
+        app._localdev_index = app.get_functions()
+    return app._localdev_index
 
 
 def _seconds(timespan: str) -> float:
