@@ -51,8 +51,10 @@ class RunStore:
         self.table = table
 
     @classmethod
-    def open(cls, service: TableServiceClient, table_name: str) -> RunStore:
-        """Open (creating if needed) the runs table."""
+    def open(cls, service: TableServiceClient, table_name: str, *, create: bool = True) -> RunStore:
+        """Open the runs table, creating it unless ``create`` is false (read-only callers)."""
+        if not create:
+            return cls(service.get_table_client(table_name))
         return cls(service.create_table_if_not_exists(table_name))
 
     # --- runs -----------------------------------------------------------------------------------
@@ -207,6 +209,13 @@ class TargetStore:
 
     def get(self, name: str) -> TargetState:
         return TargetState.from_entity(_get_or_create(self.table, TARGETS_PARTITION, name, {"kind": "target"}))
+
+    def peek(self, name: str) -> TargetState | None:
+        """The target's state if recorded, without creating anything (for read-only callers)."""
+        try:
+            return TargetState.from_entity(self.table.get_entity(TARGETS_PARTITION, name))
+        except ResourceNotFoundError:
+            return None
 
     def save(self, state: TargetState) -> TargetState:
         try:

@@ -74,9 +74,10 @@ class Services:
         return self._deployers[target.name]
 
 
-def build_services(settings: Settings) -> Services:
+def build_services(settings: Settings, *, create: bool = True) -> Services:
+    """All clients for ``settings``; ``create=False`` creates nothing in storage (for read-only tools)."""
     storage = Storage(settings.storage_connection)
-    store = RunStore.open(storage.tables, settings.runs_table)
+    store = RunStore.open(storage.tables, settings.runs_table, create=create)
     return Services(
         settings=settings,
         storage=storage,
@@ -338,7 +339,6 @@ def bes_request(svc: Services, run: Run, now: dt.datetime) -> tuple[dict, dict[s
     expiry = now + dt.timedelta(minutes=s.job_timeout_minutes) + SAS_MARGIN
     folder = f"{run.pipeline}/{run.run_id}"
     outputs = {"model": f"{folder}/model.ilearner", "evaluation": f"{folder}/evaluation.csv"}
-    storage.ensure_container(s.models_container)
     base = storage.blob_base_location
 
     def output(blob: str) -> dict:
@@ -367,6 +367,7 @@ def _submit(svc: Services, run: Run, actor: str) -> Outcome:
     the same job instead of creating another."""
     try:
         if run.job_id is None:
+            svc.storage.ensure_container(svc.settings.models_container)
             request, outputs = bes_request(svc, run, utcnow())
             job_id = svc.bes.submit(request)
             run.transition(

@@ -72,8 +72,9 @@ def test_a_burst_of_uploads_in_the_quiet_period_becomes_one_run_on_the_newest(en
     svc = workflow.build_services(Settings.from_env({**env, "DEBOUNCE_SECONDS": "30"}))
     svc.storage.ensure_container(svc.settings.training_container)
     # WHEN five uploads arrive in a burst
-    outcomes = [workflow.start_run_for_blob(svc, upload(svc, f"part-{i}.csv"), source="blob", actor=f"b/{i}")
-                for i in range(5)]
+    outcomes = [
+        workflow.start_run_for_blob(svc, upload(svc, f"part-{i}.csv"), source="blob", actor=f"b/{i}") for i in range(5)
+    ]
     # THEN none starts yet; the newest waits and the others are superseded by the next one
     assert [o.action for o in outcomes] == ["waiting"] * 5
     assert [svc.store.get("default", o.run_id).status for o in outcomes] == [R.SUPERSEDED] * 4 + [R.WAITING]
@@ -81,7 +82,8 @@ def test_a_burst_of_uploads_in_the_quiet_period_becomes_one_run_on_the_newest(en
     newest = svc.store.get("default", outcomes[-1].run_id)
     # WHEN the poll runs inside the quiet period, nothing starts; after it, the newest starts
     assert [o.action for o in poll.poll(svc, actor="p/1", now=newest.created_at + dt.timedelta(seconds=10))] == [
-        "quiet_period"]
+        "quiet_period"
+    ]
     assert jobs(fresh_emulator) == []
     [started] = poll.poll(svc, actor="p/2", now=newest.created_at + dt.timedelta(seconds=31))
     assert (started.run_id, started.action) == (newest.run_id, "started")

@@ -1,0 +1,270 @@
+"""Operator and sender command line: ``python -m shared --help``.
+
+* ``send`` puts a command on the commands queue, validated against the contract first and
+  base64-encoded as the Functions host expects — for operators and for other systems;
+* ``check`` validates a settings file and reaches every configured service without changing any: it
+  shows the BES request and the PATCH/update it would send (SAS signatures redacted).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import uuid
+from collections.abc import Mapping
+
+from shared.redact import redact
+
+
+def load_settings_values(path: str | None) -> Mapping[str, str]:
+    """App settings from a ``local.settings.json``-style file (its ``Values``), or the environment."""
+    if path is None:
+        return os.environ
+    with open(path, encoding="utf-8") as handle:
+        data = json.load(handle)
+    values = data.get("Values", data) if isinstance(data, dict) else None
+    if not isinstance(values, dict):
+        raise SystemExit(f"{path}: expected a JSON object with a 'Values' object")
+    return {str(k): str(v) for k, v in values.items()}
+
+
+# --- send ------------------------------------------------------------------------------------------
+
+
+def build_command(args: argparse.Namespace) -> dict:
+    body: dict = {"type": args.command, "version": 1, "request_id": args.request_id or f"cli-{uuid.uuid4().hex}"}
+    if args.command == "retrain" and args.blob:
+        body["blob"] = args.blob
+    if args.command == "deploy":
+        body["run_id"] = args.run_id
+        if args.target:
+            body["targets"] = args.target
+        if args.force:
+            body["force"] = True
+    if args.command == "rollback":
+        body["target"] = args.target
+        if args.to_run:
+            body["to_run"] = args.to_run
+    if args.reason:
+        body["reason"] = args.reason
+    return body
+
+
+def send(args: argparse.Namespace) -> int:
+    from azure.storage.queue import QueueClient, TextBase64EncodePolicy
+
+    from shared import commands
+    from shared.deploy import CommandRejected
+
+    body = build_command(args)
+    raw = json.dumps(body).encode()
+    try:
+        commands.parse(raw)
+    except CommandRejected as exc:
+        print(f"not sent: {exc}", file=sys.stderr)
+        return 2
+    values = load_settings_values(args.settings)
+    queue_name = args.queue or values.get("COMMANDS_QUEUE") or "retraining-commands"
+    if args.account_url:
+        from azure.identity import DefaultAzureCredential
+
+        queue = QueueClient(
+            args.account_url,
+            queue_name,
+            credential=DefaultAzureCredential(),
+            message_encode_policy=TextBase64EncodePolicy(),
+        )
+    else:
+        connection = args.connection_string or values.get("AzureWebJobsStorage")
+        if not connection:
+            print("not sent: give --connection-string, --account-url or AzureWebJobsStorage", file=sys.stderr)
+            return 2
+        if connection == "UseDevelopmentStorage=true":
+            from shared.settings import AZURITE_CONNECTION_STRING as connection
+        queue = QueueClient.from_connection_string(
+            connection, queue_name, message_encode_policy=TextBase64EncodePolicy()
+        )
+    from azure.core.exceptions import ResourceExistsError
+
+    with contextlib.suppress(ResourceExistsError):
+        queue.create_queue()  # the app creates it too; a sender may come first
+    message = queue.send_message(raw.decode())
+    print(json.dumps({"queued": body, "queue": queue_name, "message_id": message.id}))
+    return 0
+
+
+# --- check -----------------------------------------------------------------------------------------
+
+
+class Report:
+    def __init__(self) -> None:
+        self.failures = 0
+
+    def ok(self, what: str, detail: str = "") -> None:
+        print(f"  ok    {what}" + (f": {detail}" if detail else ""))
+
+    def fail(self, what: str, detail: str) -> None:
+        self.failures += 1
+        print(f"  FAIL  {what}: {redact(detail)}")
+
+    def show(self, title: str, payload: object) -> None:
+        print(f"  would send {title}:")
+        for line in redact(json.dumps(payload, indent=2)).splitlines():
+            print(f"      {line}")
+
+
+def check(args: argparse.Namespace) -> int:
+    from shared.settings import Settings, SettingsError
+
+    values = load_settings_values(args.settings)
+    print("settings")
+    try:
+        settings = Settings.from_env(values)
+    except SettingsError as exc:
+        print(f"  FAIL  {exc}")
+        return 2
+    report = Report()
+    report.ok("valid", f"{len(settings.targets)} deploy target(s), pipeline {settings.pipeline!r}")
+    if args.offline:
+        return 0
+    from shared.workflow import build_services
+
+    for name in ("IDENTITY_ENDPOINT", "IDENTITY_HEADER", "AZURE_CLIENT_ID"):
+        if values.get(name) and not os.environ.get(name):
+            os.environ[name] = values[name]  # azure-identity reads these from the environment
+    svc = build_services(settings, create=False)
+    _check_storage(svc, report)
+    _check_bes(svc, report)
+    for target in settings.targets:
+        _check_target(svc, target, report)
+    print("all reachable; nothing was changed" if not report.failures else f"{report.failures} problem(s)")
+    return 1 if report.failures else 0
+
+
+def _check_storage(svc, report: Report) -> None:
+    s = svc.settings
+    print("storage (AzureWebJobsStorage)")
+    try:
+        for container in (s.training_container, s.models_container):
+            exists = svc.storage.blobs.get_container_client(container).exists()
+            report.ok(f"container {container}", "exists" if exists else "missing (created on first use)")
+        tables = [t.name for t in svc.storage.tables.query_tables("TableName eq @n", parameters={"n": s.runs_table})]
+        report.ok(f"table {s.runs_table}", "exists" if tables else "missing (created on first use)")
+    except Exception as exc:  # any storage failure is a finding, not a crash
+        report.fail("storage", f"{type(exc).__name__}: {exc}")
+
+
+def _check_bes(svc, report: Report) -> None:
+    from shared.bes import BesError
+    from shared.runs import Run, utcnow
+    from shared.workflow import NothingToTrain, bes_request, newest_training_blob
+
+    print(f"BES {svc.settings.bes_jobs_url}")
+    try:
+        svc.bes.status("0" * 32)  # a job that cannot exist: 404 proves the URL and the key
+        report.fail("BES", "a made-up job id was found")
+    except BesError as exc:
+        if exc.http_status == 404:
+            report.ok("reachable, key accepted")
+        else:
+            report.fail("BES", str(exc))
+            return
+    try:
+        blob = svc.storage.blob_ref(svc.settings.training_container, newest_training_blob(svc))
+    except NothingToTrain as exc:
+        report.ok("submit request", f"not shown: {exc}")
+        return
+    run = Run.for_blob(svc.settings.pipeline, blob, "check", "check", utcnow())
+    request, _ = bes_request(svc, run, utcnow())  # computed locally: SAS tokens are signed, not requested
+    report.show(f"to BES for {blob.path}", request)
+
+
+def _check_target(svc, target, report: Report) -> None:
+    from shared.arm import asset_uri, find_asset, with_asset_uri
+    from shared.http import ServiceError
+
+    print(f"target {target.name} ({target.kind})")
+    live = svc.targets.peek(target.name)
+    model = (
+        live.live_model
+        if live and live.live_model
+        else f"{svc.settings.models_container}/{svc.settings.pipeline}/<run id>/model.ilearner"
+    )
+    deployer = svc.deployer(target)
+    try:
+        if target.kind == "classic":
+            location = deployer.client.resource_location(target.resource_name)
+            if location is None:
+                report.fail("resource", f"the endpoint has no resource named {target.resource_name!r}")
+                return
+            report.ok("endpoint reachable, key accepted", f"resource {target.resource_name!r} found")
+            report.show(
+                "PATCH " + target.endpoint_url,
+                {
+                    "Resources": [
+                        {
+                            "Name": target.resource_name,
+                            "Location": {
+                                "BaseLocation": svc.storage.blob_base_location,
+                                "RelativeLocation": model,
+                                "SasBlobToken": "?sv=...&sr=b&sp=r&sig=REDACTED",
+                            },
+                        }
+                    ]
+                },
+            )
+        else:
+            definition = deployer.client.get(target.resource_id)
+            key = find_asset(definition, target.asset_name)
+            report.ok("web service reachable, token accepted", f"asset {key!r} now at {asset_uri(definition, key)}")
+            container, _, blob = model.partition("/")
+            properties = with_asset_uri(definition, key, svc.storage.blob_url(container, blob))["properties"]
+            shown = {k: ({key: v[key]} if isinstance(v, dict) and key in v else v) for k, v in properties.items()}
+            report.show(f"PATCH {target.resource_id} (of all assets, only {key} shown)", {"properties": shown})
+    except ServiceError as exc:
+        report.fail(target.name, str(exc))
+
+
+# --- entry point -------------------------------------------------------------------------------------
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="python -m shared", description=__doc__.splitlines()[0])
+    sub = top.add_subparsers(dest="action", required=True)
+
+    send_parser = sub.add_parser("send", help="put a command on the commands queue (validated first)")
+    send_parser.add_argument("--settings", help="a local.settings.json-style file (default: the environment)")
+    send_parser.add_argument("--connection-string", help="storage connection string (default: AzureWebJobsStorage)")
+    send_parser.add_argument("--account-url", help="queue service URL, to send with an Azure AD identity instead")
+    send_parser.add_argument("--queue", help="queue name (default: COMMANDS_QUEUE or retraining-commands)")
+    kinds = send_parser.add_subparsers(dest="command", required=True)
+    for name, text in (
+        ("retrain", "retrain on a blob of the training container (default: the newest)"),
+        ("deploy", "deploy a finished run"),
+        ("rollback", "put an earlier model back on a target"),
+    ):
+        kind = kinds.add_parser(name, help=text)
+        kind.add_argument("--request-id", help="the same id twice is carried out once (default: a new one)")
+        kind.add_argument("--reason", help="why (recorded; required with --force)")
+        if name == "retrain":
+            kind.add_argument("--blob", help="blob name inside the training container")
+        if name == "deploy":
+            kind.add_argument("run_id")
+            kind.add_argument("--target", action="append", help="a target name (repeat for several)")
+            kind.add_argument("--force", action="store_true", help="skip the gate (needs --reason and --target)")
+        if name == "rollback":
+            kind.add_argument("target")
+            kind.add_argument("--to-run", help="the run whose model to put back (default: the one replaced)")
+
+    check_parser = sub.add_parser("check", help="validate settings and reach every service (changes nothing)")
+    check_parser.add_argument("--settings", help="a local.settings.json-style file (default: the environment)")
+    check_parser.add_argument("--offline", action="store_true", help="only validate the settings")
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return send(args) if args.action == "send" else check(args)

@@ -1,0 +1,87 @@
+"""The sender and check commands (``python -m shared``)."""
+
+import json
+import subprocess
+import sys
+
+from azure.storage.queue import QueueClient, TextBase64DecodePolicy
+
+from shared import cli, commands
+from tests.conftest import upload
+from tests.loop import target_settings
+
+
+def settings_file(tmp_path, values):
+    path = tmp_path / "local.settings.json"
+    path.write_text(json.dumps({"IsEncrypted": False, "Values": values}))
+    return str(path)
+
+
+def test_send_puts_a_valid_base64_command_on_the_queue(env, tmp_path, capsys):
+    path = settings_file(tmp_path, env)
+    assert cli.main(["send", "--settings", path, "rollback", "prod", "--request-id", "ops-1", "--reason", "bad"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["queue"] == env["COMMANDS_QUEUE"]
+    queue = QueueClient.from_connection_string(
+        env["AzureWebJobsStorage"], env["COMMANDS_QUEUE"], message_decode_policy=TextBase64DecodePolicy()
+    )
+    [message] = queue.peek_messages()
+    assert json.loads(message.content) == {
+        "type": "rollback",
+        "version": 1,
+        "request_id": "ops-1",
+        "target": "prod",
+        "reason": "bad",
+    }
+    assert commands.parse(message.content.encode())["target"] == "prod"
+
+
+def test_send_refuses_what_the_contract_refuses_without_sending(env, tmp_path, capsys):
+    path = settings_file(tmp_path, env)
+    assert cli.main(["send", "--settings", path, "deploy", "not-a-run-id"]) == 2
+    assert "not sent" in capsys.readouterr().err
+    assert (
+        cli.main(
+            ["send", "--settings", path, "deploy", "20261125T101500Z-1a2b3c4d5e6f7a8b", "--force", "--target", "prod"]
+        )
+        == 2
+    )  # --force without --reason
+    from azure.storage.queue import QueueServiceClient
+
+    queues = QueueServiceClient.from_connection_string(env["AzureWebJobsStorage"]).list_queues()
+    assert env["COMMANDS_QUEUE"] not in [q.name for q in queues]  # nothing was even created
+
+
+def test_check_reaches_every_service_shows_what_it_would_send_and_changes_nothing(
+    env, fresh_emulator, tmp_path, capsys, svc
+):
+    upload(svc, "census.csv")
+    fresh_table = env["RUNS_TABLE"] + "check"
+    path = settings_file(tmp_path, {**target_settings(env, fresh_emulator), "RUNS_TABLE": fresh_table})
+    assert cli.main(["check", "--settings", path]) == 0
+    out = capsys.readouterr().out
+    assert "reachable, key accepted" in out and "would send to BES" in out and '"SasBlobToken"' in out
+    assert "would send PATCH" in out and "asset3" in out
+    assert "sig=REDACTED" in out and "AccountKey" not in out
+    routes = {r["route"] for r in fresh_emulator.admin("GET", "requests")}
+    assert routes <= {"bes.status", "classic.endpoint", "arm.get", "identity.token"}, routes
+    assert fresh_emulator.admin("GET", "jobs") == []
+    assert list(svc.storage.tables.query_tables("TableName eq @n", parameters={"n": fresh_table})) == []
+
+
+def test_check_reports_a_rejected_key_and_fails(env, fresh_emulator, tmp_path, capsys):
+    path = settings_file(tmp_path, {**env, "BES_API_KEY": "wrong-key-but-well-formed"})
+    assert cli.main(["check", "--settings", path]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL  BES" in out and "401" in out and "wrong-key" not in out
+
+
+def test_check_names_a_bad_setting(env, tmp_path, capsys):
+    path = settings_file(tmp_path, {**env, "DEPLOY_TARGETS": '[{"name": "x", "kind": "aks"}]'})
+    assert cli.main(["check", "--settings", path, "--offline"]) == 2
+    assert "Setting DEPLOY_TARGETS" in capsys.readouterr().out
+
+
+def test_the_module_entry_point_runs():
+    result = subprocess.run([sys.executable, "-m", "shared", "--help"], capture_output=True, text=True, check=True)
+    assert "send" in result.stdout and "check" in result.stdout
