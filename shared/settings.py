@@ -65,6 +65,16 @@ class ArmTarget:
 Target = ClassicTarget | ArmTarget
 
 
+@dataclass(frozen=True)
+class StorageIdentity:
+    """Identity-based ``AzureWebJobsStorage``: service URIs and the managed identity to use (no key)."""
+
+    blob_uri: str
+    queue_uri: str
+    table_uri: str
+    client_id: str | None = None
+
+
 class SettingsError(ValueError):
     """A setting is missing or malformed; the message names it and says what is wrong."""
 
@@ -77,7 +87,7 @@ class SettingsError(ValueError):
 class Settings:
     """Everything the app is configured with. Build with :meth:`from_env`."""
 
-    storage_connection: str = field(repr=False)
+    storage_connection: str | None = field(repr=False)
     bes_jobs_url: str
     bes_api_key: str = field(repr=False)
     training_container: str = "training-data"
@@ -93,6 +103,7 @@ class Settings:
     http_timeout_seconds: float = 30.0
     http_retries: int = 4
     training_blob_source: str = "EventGrid"
+    storage_identity: StorageIdentity | None = None
     poll_schedule: str = "0 */1 * * * *"
     poll_concurrency: int = 8
     resubmit_failed_jobs: bool = False
@@ -171,13 +182,19 @@ class Settings:
                 raise SettingsError(name, f"{value!r} is not a usable web service input/output name")
             return value
 
-        storage = get("AzureWebJobsStorage")
-        storage = AZURITE_CONNECTION_STRING if storage == "UseDevelopmentStorage=true" else storage
-        if "AccountName=" not in storage or "AccountKey=" not in storage:
-            raise SettingsError(
-                "AzureWebJobsStorage",
-                "must be a storage connection string with AccountName and AccountKey (or UseDevelopmentStorage=true)",
-            )
+        storage, identity = None, None
+        if (env.get("AzureWebJobsStorage") or "").strip():
+            storage = get("AzureWebJobsStorage")
+            storage = AZURITE_CONNECTION_STRING if storage == "UseDevelopmentStorage=true" else storage
+            if "AccountName=" not in storage or "AccountKey=" not in storage:
+                raise SettingsError(
+                    "AzureWebJobsStorage",
+                    "must be a storage connection string with AccountName and AccountKey "
+                    "(or UseDevelopmentStorage=true), or be left unset for an identity-based connection "
+                    "(AzureWebJobsStorage__accountName or __blobServiceUri/__queueServiceUri/__tableServiceUri)",
+                )
+        else:
+            identity = storage_identity(env)
 
         raw_params = get("BES_GLOBAL_PARAMETERS", "{}")
         try:
@@ -229,6 +246,7 @@ class Settings:
 
         return cls(
             storage_connection=storage,
+            storage_identity=identity,
             bes_jobs_url=jobs_url(get("BES_JOBS_URL")),
             bes_api_key=get("BES_API_KEY"),
             training_container=training,
@@ -259,6 +277,31 @@ class Settings:
             retrain_always=flag("RETRAIN_ALWAYS", False),
             debounce_seconds=integer("DEBOUNCE_SECONDS", 0, 0, 24 * 3600),
         )
+
+
+def storage_identity(env: Mapping[str, str]) -> StorageIdentity:
+    """The identity-based form of ``AzureWebJobsStorage`` (as the Functions host reads it)."""
+    prefix = "AzureWebJobsStorage__"
+    name = (env.get(prefix + "accountName") or "").strip()
+    uris = {kind: (env.get(f"{prefix}{kind}ServiceUri") or "").strip() for kind in ("blob", "queue", "table")}
+    if name:
+        uris = {kind: uris[kind] or f"https://{name}.{kind}.core.windows.net" for kind in uris}
+    missing = [f"{prefix}{kind}ServiceUri" for kind, uri in uris.items() if not uri]
+    if len(missing) == 3:
+        raise SettingsError(
+            "AzureWebJobsStorage",
+            "is required: a connection string, or an identity-based connection (AzureWebJobsStorage__accountName)",
+        )
+    if missing:
+        raise SettingsError(
+            missing[0],
+            "is required: this app uses blobs, queues and tables, so an identity-based "
+            "connection needs all three service URIs (or __accountName)",
+        )
+    for kind, uri in uris.items():
+        _https_url(uri, f"{prefix}{kind}ServiceUri")
+    client_id = (env.get(prefix + "clientId") or "").strip() or None
+    return StorageIdentity(uris["blob"].rstrip("/"), uris["queue"].rstrip("/"), uris["table"].rstrip("/"), client_id)
 
 
 def parse_targets(raw: str, env: Mapping[str, str]) -> tuple[Target, ...]:

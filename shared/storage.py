@@ -10,7 +10,7 @@ import contextlib
 import datetime as dt
 from dataclasses import dataclass
 from functools import cached_property
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from azure.core.exceptions import ResourceExistsError
 from azure.data.tables import TableServiceClient
@@ -45,23 +45,44 @@ class BlobRef:
         return f"{self.container}/{self.name}"
 
 
-class Storage:
-    """The storage account behind ``AzureWebJobsStorage``: blobs for data and models, tables for state."""
+# A user delegation key (and so any SAS signed with it) lives at most seven days.
+DELEGATION_KEY_LIFETIME = dt.timedelta(days=7)
 
-    def __init__(self, connection_string: str) -> None:
+
+class Storage:
+    """The storage account behind ``AzureWebJobsStorage``: blobs for data and models, tables for state,
+    queues for commands.
+
+    Either a connection string (account key: SAS signed with it), or identity-based (service URIs and
+    an Azure AD credential: SAS signed with a user delegation key, at most seven days).
+    """
+
+    def __init__(self, connection_string: str | None = None, *, identity=None, credential=None) -> None:
         self._connection_string = connection_string
-        parts = parse_connection_string(connection_string)
-        self.account_name = parts["AccountName"]
-        self._account_key = parts["AccountKey"]
+        self._identity, self._credential = identity, credential
         self._queues: dict = {}
+        self._delegation_key = None
+        if connection_string:
+            parts = parse_connection_string(connection_string)
+            self.account_name = parts["AccountName"]
+            self._account_key = parts["AccountKey"]
+        else:
+            if identity is None or credential is None:
+                raise ValueError("Storage needs a connection string, or an identity and a credential")
+            self.account_name = urlsplit(identity.blob_uri).hostname.split(".")[0]
+            self._account_key = None
 
     @cached_property
     def blobs(self) -> BlobServiceClient:
-        return BlobServiceClient.from_connection_string(self._connection_string)
+        if self._connection_string:
+            return BlobServiceClient.from_connection_string(self._connection_string)
+        return BlobServiceClient(self._identity.blob_uri, credential=self._credential)
 
     @cached_property
     def tables(self) -> TableServiceClient:
-        return TableServiceClient.from_connection_string(self._connection_string)
+        if self._connection_string:
+            return TableServiceClient.from_connection_string(self._connection_string)
+        return TableServiceClient(self._identity.table_uri, credential=self._credential)
 
     @property
     def blob_base_location(self) -> str:
@@ -89,12 +110,14 @@ class Storage:
         if name not in self._queues:
             from azure.storage.queue import QueueClient, TextBase64DecodePolicy, TextBase64EncodePolicy
 
-            client = QueueClient.from_connection_string(
-                self._connection_string,
-                name,
-                message_encode_policy=TextBase64EncodePolicy(),
-                message_decode_policy=TextBase64DecodePolicy(),
-            )
+            policies = {
+                "message_encode_policy": TextBase64EncodePolicy(),
+                "message_decode_policy": TextBase64DecodePolicy(),
+            }
+            if self._connection_string:
+                client = QueueClient.from_connection_string(self._connection_string, name, **policies)
+            else:
+                client = QueueClient(self._identity.queue_uri, name, credential=self._credential, **policies)
             with contextlib.suppress(ResourceExistsError):
                 client.create_queue()
             self._queues[name] = client
@@ -103,19 +126,41 @@ class Storage:
     def blob_sas(
         self, container: str, name: str, permission: str, expiry: dt.datetime, now: dt.datetime | None = None
     ) -> str:
-        """A SAS token (``?sv=...``) for exactly one blob with ``permission`` (e.g. ``r`` or ``cw``)."""
+        """A SAS token (``?sv=...``) for exactly one blob with ``permission`` (e.g. ``r`` or ``cw``).
+
+        Identity-based: a user delegation SAS, whose expiry cannot pass its key's (seven days at most).
+        """
         now = now or dt.datetime.now(dt.timezone.utc)
+        signing = {"account_key": self._account_key}
+        if self._account_key is None:
+            key = self.delegation_key(now)
+            signing = {"user_delegation_key": key}
+            expiry = min(expiry, _parse_time(key.signed_expiry))
         token = generate_blob_sas(
             account_name=self.account_name,
             container_name=container,
             blob_name=name,
-            account_key=self._account_key,
             permission=BlobSasPermissions.from_string(permission),
             start=now - SAS_CLOCK_SKEW,
             expiry=expiry,
             protocol="https" if self.blob_base_location.startswith("https") else "https,http",
+            **signing,
         )
         return "?" + token
+
+    def delegation_key(self, now: dt.datetime):
+        """A user delegation key valid for the longest SAS we sign, renewed a day before it lapses."""
+        key = self._delegation_key
+        if key is None or _parse_time(key.signed_expiry) - now < dt.timedelta(days=1):
+            key = self.blobs.get_user_delegation_key(now - SAS_CLOCK_SKEW, now + DELEGATION_KEY_LIFETIME)
+            self._delegation_key = key
+        return key
+
+
+def _parse_time(value) -> dt.datetime:
+    if isinstance(value, dt.datetime):
+        return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+    return dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
 
 
 def blob_ref_from_properties(container: str, name: str, props) -> BlobRef:

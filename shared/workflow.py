@@ -57,9 +57,7 @@ class Services:
                 from shared.arm import ArmWebServiceClient
 
                 if self.credential is None:
-                    from azure.identity import DefaultAzureCredential
-
-                    self.credential = DefaultAzureCredential()
+                    self.credential = azure_credential()
                 client = ArmWebServiceClient(
                     target.management_url,
                     self.credential,
@@ -76,7 +74,12 @@ class Services:
 
 def build_services(settings: Settings, *, create: bool = True) -> Services:
     """All clients for ``settings``; ``create=False`` creates nothing in storage (for read-only tools)."""
-    storage = Storage(settings.storage_connection)
+    credential = None
+    if settings.storage_identity is not None:
+        credential = azure_credential(settings.storage_identity.client_id)
+        storage = Storage(identity=settings.storage_identity, credential=credential)
+    else:
+        storage = Storage(settings.storage_connection)
     store = RunStore.open(storage.tables, settings.runs_table, create=create)
     return Services(
         settings=settings,
@@ -90,7 +93,16 @@ def build_services(settings: Settings, *, create: bool = True) -> Services:
         ),
         targets=TargetStore(store.table),
         commands=CommandLog(store.table),
+        credential=credential,
     )
+
+
+def azure_credential(client_id: str | None = None):
+    """``DefaultAzureCredential``: the managed identity in Azure (``client_id`` picks a user-assigned
+    one, else ``AZURE_CLIENT_ID``), developer logins locally."""
+    from azure.identity import DefaultAzureCredential
+
+    return DefaultAzureCredential(**({"managed_identity_client_id": client_id} if client_id else {}))
 
 
 @functools.cache

@@ -21,6 +21,7 @@ def client(emulator, key=API_KEY, retries=3):
 def request_for(svc, name="data.csv", data=None):
     blob = upload(svc, name) if data is None else upload(svc, name, data)
     run = Run.for_blob(svc.settings.pipeline, blob, "test", "test", utcnow())
+    svc.storage.ensure_container(svc.settings.models_container)
     return bes_request(svc, run, utcnow())
 
 
