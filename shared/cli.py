@@ -2,6 +2,7 @@
 
 * ``send`` puts a command on the commands queue, validated against the contract first and
   base64-encoded as the Functions host expects — for operators and for other systems;
+* ``commands`` lists what the command queue received and what became of it (``--status Rejected``);
 * ``check`` validates a settings file and reaches every configured service without changing any: it
   shows the BES request and the PATCH/update it would send (SAS signatures redacted).
 """
@@ -228,6 +229,38 @@ def _check_target(svc, target, report: Report) -> None:
         report.fail(target.name, str(exc))
 
 
+# --- commands log ---------------------------------------------------------------------------------
+
+
+def command_log(args: argparse.Namespace) -> int:
+    """Print the command log (newest last), e.g. every rejected message with its reason."""
+    from shared.settings import Settings
+    from shared.workflow import build_services
+
+    svc = build_services(Settings.from_env(load_settings_values(args.settings)), create=False)
+    for entry in svc.commands.list(args.status):
+        print(
+            json.dumps(
+                {
+                    k: entry.get(k)
+                    for k in (
+                        "RowKey",
+                        "status",
+                        "type",
+                        "received_at",
+                        "deliveries",
+                        "duplicates",
+                        "reason",
+                        "result",
+                        "raw",
+                    )
+                },
+                default=str,
+            )
+        )
+    return 0
+
+
 # --- entry point -------------------------------------------------------------------------------------
 
 
@@ -259,6 +292,10 @@ def parser() -> argparse.ArgumentParser:
             kind.add_argument("target")
             kind.add_argument("--to-run", help="the run whose model to put back (default: the one replaced)")
 
+    log_parser = sub.add_parser("commands", help="list received commands (e.g. --status Rejected)")
+    log_parser.add_argument("--settings", help="a local.settings.json-style file (default: the environment)")
+    log_parser.add_argument("--status", choices=["Done", "Rejected", "Failed", "InProgress"])
+
     check_parser = sub.add_parser("check", help="validate settings and reach every service (changes nothing)")
     check_parser.add_argument("--settings", help="a local.settings.json-style file (default: the environment)")
     check_parser.add_argument("--offline", action="store_true", help="only validate the settings")
@@ -267,4 +304,4 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    return send(args) if args.action == "send" else check(args)
+    return {"send": send, "check": check, "commands": command_log}[args.action](args)

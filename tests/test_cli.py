@@ -85,3 +85,13 @@ def test_check_names_a_bad_setting(env, tmp_path, capsys):
 def test_the_module_entry_point_runs():
     result = subprocess.run([sys.executable, "-m", "shared", "--help"], capture_output=True, text=True, check=True)
     assert "send" in result.stdout and "check" in result.stdout
+
+
+def test_the_command_log_lists_rejected_messages_with_their_reason(env, tmp_path, capsys, svc):
+    commands.handle(
+        svc, b'{"type": "deploy", "version": 1, "run_id": "nope"}', message_id="m-9", dequeue_count=1, actor="queue/m-9"
+    )
+    assert cli.main(["commands", "--settings", settings_file(tmp_path, env), "--status", "Rejected"]) == 0
+    [line] = capsys.readouterr().out.splitlines()
+    entry = json.loads(line)
+    assert entry["RowKey"] == "msg:m-9" and "run_id" in entry["reason"] and '"nope"' in entry["raw"]

@@ -74,18 +74,19 @@ def test_a_forced_deploy_skips_the_gate_and_records_why(loop, fresh_emulator):
     worse = workflow.start_run_for_blob(loop, upload(loop, "worse.csv", WORSE), source="blob", actor="t")
     finish(loop, worse.run_id)
     assert loop.store.get("default", worse.run_id).status == R.REJECTED
-    result = send(
-        loop,
-        {
-            "type": "deploy",
-            "version": 1,
-            "run_id": worse.run_id,
-            "targets": ["arm"],
-            "force": True,
-            "reason": "INC-123: the champion mislabels a segment",
-        },
-    )
-    assert "arm: Deployed" in result
+    forced = {
+        "type": "deploy",
+        "version": 1,
+        "run_id": worse.run_id,
+        "targets": ["arm"],
+        "force": True,
+        "reason": "INC-123: the champion mislabels a segment",
+        "request_id": "inc-123",
+    }
+    assert "arm: Deployed" in send(loop, forced, "m-1")
+    assert send(loop, forced, "m-2").startswith("duplicate")  # replayed: deployed once
+    patches = [r for r in fresh_emulator.admin("GET", "requests") if r["route"] == "arm.patch"]
+    assert len(patches) == 2  # the good run's deploy, and this one
     run = loop.store.get("default", worse.run_id)
     assert run.targets["arm"]["forced"] == "INC-123: the champion mislabels a segment"
     assert run.status == R.REJECTED  # its history keeps the gate's verdict
