@@ -25,11 +25,24 @@ setup() {
   fi
 }
 
+browser() {
+  # The status page's browser test drives Debian's Chromium; install it where we may (root), else the
+  # test is skipped with a reason.
+  if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+      (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver) >/dev/null \
+        || echo "dev.sh: could not install chromium; the browser test will be skipped" >&2
+    else
+      echo "dev.sh: chromium/chromedriver missing (apt-get install chromium chromium-driver); the browser test will be skipped" >&2
+    fi
+  fi
+}
+
 command="${1:-}"
 [ $# -gt 0 ] && shift
 case "$command" in
   demo) setup; exec .venv/bin/python -m localdev.demo "$@" ;;
-  test) setup; exec .venv/bin/python -m pytest "$@" ;;
+  test) setup; browser; exec .venv/bin/python -m pytest "$@" ;;
   lint) setup; .venv/bin/ruff check . && .venv/bin/ruff format --check . ;;
   emulator) setup; exec .venv/bin/python -m emulator "$@" ;;
   *) echo "usage: ./dev.sh demo|test|lint|emulator [args]" >&2; exit 2 ;;

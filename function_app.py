@@ -82,3 +82,62 @@ if retrain_schedule():  # off by default: a timer needs a schedule, and "off" ha
         outcome = workflow.retrain_on_schedule(workflow.get_services(), actor=f"timer-retrain/{context.invocation_id}")
         if outcome:
             log.info("run %s: %s (%s)", outcome.run_id, outcome.action, outcome.status)
+
+
+def _json(body: object, status: int = 200) -> func.HttpResponse:
+    import json
+
+    return func.HttpResponse(json.dumps(body, default=str), status_code=status, mimetype="application/json")
+
+
+@app.function_name("api_runs")
+@app.route(route="runs", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+def api_runs(req: func.HttpRequest) -> func.HttpResponse:
+    """Runs, newest first: ?status=Rejected&limit=20&cursor=... (cursor from the previous page)."""
+    from shared import status
+
+    try:
+        limit = int(req.params.get("limit", "20"))
+        page = status.list_runs(
+            workflow.get_services(),
+            status=req.params.get("status") or None,
+            limit=limit,
+            cursor=req.params.get("cursor") or None,
+        )
+    except ValueError as exc:
+        return _json({"error": {"code": "BadRequest", "message": str(exc)}}, 400)
+    return _json(page)
+
+
+@app.function_name("api_run")
+@app.route(route="runs/{run_id}", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+def api_run(req: func.HttpRequest) -> func.HttpResponse:
+    """One run with its history, metrics, gate decision and per-target deploy results."""
+    from shared import status
+
+    run = status.get_run(workflow.get_services(), req.route_params.get("run_id", ""))
+    if run is None:
+        return _json({"error": {"code": "NotFound", "message": "no such run"}}, 404)
+    return _json(run)
+
+
+@app.function_name("api_targets")
+@app.route(route="targets", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+def api_targets(req: func.HttpRequest) -> func.HttpResponse:
+    """What is live on each deploy target, since when, from which run."""
+    from shared import status
+
+    return _json({"targets": status.list_targets(workflow.get_services())})
+
+
+@app.function_name("status_page")
+@app.route(route="status", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+def status_page(req: func.HttpRequest) -> func.HttpResponse:
+    """The one-page status view (self-contained HTML)."""
+    from urllib.parse import urlencode
+
+    from shared import status
+
+    code = req.params.get("code")
+    page = status.page_html(workflow.get_services(), link_query=f"?{urlencode({'code': code})}" if code else "")
+    return func.HttpResponse(page, mimetype="text/html", charset="utf-8")

@@ -88,9 +88,11 @@ class LocalHost:
             if visibility_timeout is not None
             else _seconds(queues.get("visibilityTimeout", "00:00:00"))
         )
+        self.http_route_prefix = extensions.get("http", {}).get("routePrefix", "api")
         self.receipts: set[tuple[str, str, str, str]] = set()
         self.failures: Counter = Counter()
         self._next_due: dict[str, dt.datetime] = {}
+        self._http_servers: list = []
 
     @staticmethod
     def resolve(value: str) -> str:
@@ -155,6 +157,96 @@ class LocalHost:
                     self._poison_blob(trigger["connection"], name, container, blob)
                     self.receipts.add(key)
         return invocations
+
+    # --- HTTP ----------------------------------------------------------------------------------------
+
+    def serve_http(self, function_key: str, host: str = "127.0.0.1", port: int = 0) -> str:
+        """Serve the HTTP-triggered functions as the host would: ``/<routePrefix>/<route>``, methods as
+        declared, and for ``authLevel`` FUNCTION/ADMIN a key in ``?code=`` or ``x-functions-key``."""
+        import hmac
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from urllib.parse import parse_qsl, urlsplit
+
+        import azure.functions as func
+
+        prefix = self.http_route_prefix
+        routes = []
+        for name, function, trigger in self._bindings("httpTrigger"):
+            pattern = re.sub(r"\{(\w+)(?::[^}]*)?\}", r"(?P<\1>[^/]+)", trigger.get("route") or name)
+            routes.append(
+                (re.compile(f"^/{prefix}/{pattern}$" if prefix else f"^/{pattern}$"), name, function, trigger)
+            )
+        local = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _serve(self) -> None:
+                parts = urlsplit(self.path)
+                params = dict(parse_qsl(parts.query))
+                status, headers, body = 404, {"Content-Type": "text/plain"}, b"Not Found"
+                for pattern, name, function, trigger in routes:
+                    match = pattern.match(parts.path)
+                    if not match:
+                        continue
+                    methods = [m.upper() for m in trigger.get("methods") or ["GET", "POST"]]
+                    key = params.pop("code", None) or self.headers.get("x-functions-key") or ""
+                    if self.command not in methods:
+                        status, body = 405, b"Method Not Allowed"
+                    elif str(trigger.get("authLevel", "FUNCTION")).upper() != "ANONYMOUS" and not hmac.compare_digest(
+                        key, function_key
+                    ):
+                        status, body = 401, b""
+                    else:
+                        length = int(self.headers.get("Content-Length") or 0)
+                        request = func.HttpRequest(
+                            self.command,
+                            f"http://{self.headers.get('Host')}{self.path}",
+                            headers=dict(self.headers),
+                            params=params,
+                            route_params=match.groupdict(),
+                            body=self.rfile.read(length) if length else b"",
+                        )
+                        status, headers, body = local._call_http(name, function, trigger, request)
+                    break
+                self.send_response(status)
+                for header, value in headers.items():
+                    self.send_header(header, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _serve
+
+            def log_message(self, fmt: str, *args: Any) -> None:
+                log.debug(fmt, *args)
+
+        server = ThreadingHTTPServer((host, port), Handler)
+        server.daemon_threads = True
+        self._http_servers.append(server)
+        threading.Thread(target=server.serve_forever, daemon=True, name="localhost-http").start()
+        return f"http://{host}:{server.server_address[1]}"
+
+    def _call_http(self, name: str, function: Any, trigger: dict, request: Any) -> tuple[int, dict, bytes]:
+        user_function = function.get_user_function()
+        arguments = {trigger["name"]: request}
+        if "context" in inspect.signature(user_function).parameters:
+            arguments["context"] = LocalContext(function_name=name)
+        try:
+            response = user_function(**arguments)
+        except Exception as exc:
+            log.warning("%s failed: %s: %s", name, type(exc).__name__, exc)
+            return 500, {"Content-Type": "text/plain"}, b"Internal Server Error"
+        headers = dict(response.headers)
+        headers["Content-Type"] = f"{response.mimetype}; charset={response.charset}"
+        return response.status_code, headers, response.get_body()
+
+    def stop(self) -> None:
+        for server in self._http_servers:
+            server.shutdown()
+            server.server_close()
+        self._http_servers.clear()
 
     # --- timers ------------------------------------------------------------------------------------
 

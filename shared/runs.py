@@ -80,9 +80,17 @@ def run_id_for(pipeline: str, blob: BlobRef, salt: str = "") -> str:
     return f"{stamp}Z-{digest[:16]}"
 
 
+def row_key(run_id: str) -> str:
+    """The run's RowKey: its upload time counted down, then its id, so a partition lists newest first
+    (Table Storage only sorts ascending) and a page of recent runs is one range query."""
+    digits = int(run_id[:8] + run_id[9:15])
+    return f"{99999999999999 - digits:014d}-{run_id}"
+
+
 @dataclass
 class Run:
-    """A run's state as stored in one Table entity (``PartitionKey`` = pipeline, ``RowKey`` = id)."""
+    """A run's state as stored in one Table entity (``PartitionKey`` = pipeline, ``RowKey`` =
+    :func:`row_key` of its id)."""
 
     pipeline: str
     run_id: str
@@ -180,7 +188,8 @@ class Run:
 
         return {
             "PartitionKey": self.pipeline,
-            "RowKey": self.run_id,
+            "RowKey": row_key(self.run_id),
+            "run_id": self.run_id,
             "kind": "run",
             "status": self.status,
             "source": self.source,
@@ -214,7 +223,7 @@ class Run:
 
         return cls(
             pipeline=entity["PartitionKey"],
-            run_id=entity["RowKey"],
+            run_id=entity.get("run_id") or entity["RowKey"].split("-", 1)[1],
             status=get("status"),
             source=get("source", ""),
             created_at=_dt(get("created_at")),

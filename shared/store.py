@@ -2,13 +2,14 @@
 
 Layout of the runs table (one table, so an operator finds everything in one place):
 
-* a run: ``PartitionKey`` = pipeline name, ``RowKey`` = run id (sorts by upload time);
+* a run: ``PartitionKey`` = pipeline name, ``RowKey`` = upload time counted down + run id (newest first);
 * a pipeline's slot: ``PartitionKey`` = ``_pipelines``, ``RowKey`` = pipeline name, holding the one
   ``active_run`` and the newest ``waiting_run``. Triggers read this small entity, never the history.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import datetime as dt
 import json
@@ -19,11 +20,29 @@ from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import TableClient, TableServiceClient, UpdateMode
 
-from shared.runs import Run, utcnow
+from shared.runs import Run, row_key, utcnow
 
 PIPELINES_PARTITION = "_pipelines"
 # A bounded number of optimistic-concurrency retries; past it, something is hot-looping.
 MAX_CONFLICT_RETRIES = 20
+
+
+def _encode_cursor(token: dict | None) -> str | None:
+    if not token:
+        return None
+    return base64.urlsafe_b64encode(json.dumps(token, sort_keys=True).encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str | None) -> dict | None:
+    if not cursor:
+        return None
+    try:
+        token = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except (ValueError, UnicodeDecodeError):
+        raise ValueError("not a valid cursor") from None
+    if not isinstance(token, dict) or not all(isinstance(v, str) for v in token.values()):
+        raise ValueError("not a valid cursor")
+    return token
 
 
 class StaleError(Exception):
@@ -69,8 +88,8 @@ class RunStore:
 
     def get(self, pipeline: str, run_id: str) -> Run | None:
         try:
-            return Run.from_entity(self.table.get_entity(pipeline, run_id))
-        except ResourceNotFoundError:
+            return Run.from_entity(self.table.get_entity(pipeline, row_key(run_id)))
+        except (ResourceNotFoundError, ValueError):  # ValueError: not a run id at all
             return None
 
     def save(self, run: Run) -> Run:
@@ -102,9 +121,25 @@ class RunStore:
         raise StaleError(f"{run_id}: gave up after {MAX_CONFLICT_RETRIES} conflicting updates")
 
     def list_runs(self, pipeline: str) -> Iterator[Run]:
+        """Every run of ``pipeline``, newest first."""
         query = "PartitionKey eq @pk"
         for entity in self.table.query_entities(query, parameters={"pk": pipeline}):
             yield Run.from_entity(entity)
+
+    def page_runs(
+        self, pipeline: str, *, status: str | None = None, limit: int = 20, cursor: str | None = None
+    ) -> tuple[list[Run], str | None]:
+        """One page of runs, newest first, optionally of one status; the cursor continues it."""
+        query = "PartitionKey eq @pk" + (" and status eq @status" if status else "")
+        pages = self.table.query_entities(
+            query, parameters={"pk": pipeline, "status": status}, results_per_page=limit
+        ).by_page(continuation_token=_decode_cursor(cursor))
+        runs: list[Run] = []
+        for page in pages:  # a filtered page may come back empty with a continuation: skip those
+            runs = [Run.from_entity(e) for e in page]
+            if runs or pages.continuation_token is None:
+                break
+        return runs, _encode_cursor(pages.continuation_token)
 
     # --- pipeline slot --------------------------------------------------------------------------
 

@@ -1,0 +1,252 @@
+"""What operators see: runs, targets and a one-page status view, from the state in Table Storage.
+
+Read-only and cheap: a page of runs is one range query (RowKeys sort newest first), targets are one
+small partition. No key, SAS or token is ever part of a view (keys are not stored; errors are redacted).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+from typing import Any
+
+from shared import runs as R
+from shared.runs import Run, utcnow
+
+# The steps a run moves through on its way to production, for a progress bar.
+STEPS = (R.REQUESTED, R.SUBMITTED, R.RUNNING, R.APPROVED, R.DEPLOYING, R.DEPLOYED)
+MAX_LIMIT = 100
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    return None if value is None else value.astimezone(dt.timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def run_summary(run: Run, metric: str) -> dict[str, Any]:
+    return {
+        "run_id": run.run_id,
+        "status": run.status,
+        "source": run.source,
+        "blob": run.blob_name,
+        "created_at": _iso(run.created_at),
+        "updated_at": _iso(run.updated_at),
+        "ended_at": _iso(run.ended_at),
+        "job_id": run.job_id,
+        "attempts": run.attempts,
+        "metric": {"name": metric, "value": _metric(run, metric)},
+        "gate": run.gate,
+        "targets": run.targets,
+        "error": run.error,
+    }
+
+
+def run_detail(run: Run, metric: str) -> dict[str, Any]:
+    return {
+        **run_summary(run, metric),
+        "history": run.history,
+        "metrics": run.metrics,
+        "outputs": run.outputs,
+        "superseded_by": run.superseded_by,
+        "blob_etag": run.blob_etag,
+        "blob_size": run.blob_size,
+    }
+
+
+def _metric(run: Run, metric: str) -> float | None:
+    return next((v for k, v in run.metrics.items() if k.lower() == metric.lower()), None)
+
+
+def list_runs(svc, *, status: str | None = None, limit: int = 20, cursor: str | None = None) -> dict[str, Any]:
+    """A page of runs, newest first. Raises ``ValueError`` for a bad status, limit or cursor."""
+    if status is not None and status not in R.TRANSITIONS:
+        raise ValueError(f"unknown status {status!r}; one of {', '.join(R.TRANSITIONS)}")
+    if not 1 <= limit <= MAX_LIMIT:
+        raise ValueError(f"limit must be 1..{MAX_LIMIT}")
+    runs, next_cursor = svc.store.page_runs(svc.settings.pipeline, status=status, limit=limit, cursor=cursor)
+    return {
+        "pipeline": svc.settings.pipeline,
+        "runs": [run_summary(r, svc.settings.gate_metric) for r in runs],
+        "next_cursor": next_cursor,
+    }
+
+
+def get_run(svc, run_id: str) -> dict[str, Any] | None:
+    run = svc.store.get(svc.settings.pipeline, run_id)
+    return None if run is None else run_detail(run, svc.settings.gate_metric)
+
+
+def list_targets(svc) -> list[dict[str, Any]]:
+    metric = svc.settings.gate_metric
+    views = []
+    for target in svc.settings.targets:
+        state = svc.targets.peek(target.name)
+        live_metrics = (state.live_metrics if state else None) or {}
+        views.append(
+            {
+                "name": target.name,
+                "kind": target.kind,
+                "address": target.endpoint_url if target.kind == "classic" else target.resource_id,
+                "live_run": state.live_run if state else None,
+                "live_model": state.live_model if state else None,
+                "since": _iso(state.since) if state else None,
+                "previous_run": state.previous_run if state else None,
+                "metric": {
+                    "name": metric,
+                    "value": next((v for k, v in live_metrics.items() if k.lower() == metric.lower()), None),
+                },
+                "deploying_run": state.deploying_run if state else None,
+            }
+        )
+    return views
+
+
+# --- the page ----------------------------------------------------------------------------------------
+
+
+def page_html(svc, *, now: dt.datetime | None = None, link_query: str = "") -> str:
+    """One self-contained HTML page: nothing is loaded from anywhere else. ``link_query`` (e.g. the
+    caller's own ``?code=``) is appended to the page's links to runs so they open with the same key."""
+    now = now or utcnow()
+    metric = svc.settings.gate_metric
+    recent, _ = svc.store.page_runs(svc.settings.pipeline, limit=50)
+    slot = svc.store.get_slot(svc.settings.pipeline)
+    active_ids = [i for i in (slot.active_run, slot.waiting_run) if i]
+    active = [r for r in (svc.store.get(svc.settings.pipeline, i) for i in active_ids) if r]
+    active += [r for r in recent if r.status in (R.DEPLOYING, R.APPROVED) and r.run_id not in active_ids]
+    e = html.escape
+    stamp = e(now.strftime("%Y-%m-%d %H:%M:%S"))
+    targets_rows = "".join(
+        f"<tr><td>{e(t['name'])}</td><td>{e(t['kind'])}</td><td class=mono>{e(t['live_run'] or '—')}</td>"
+        f"<td>{_num(t['metric']['value'])}</td><td>{e(_ago(t['since'], now))}</td>"
+        f"<td class=mono>{e(t['previous_run'] or '—')}</td></tr>"
+        for t in list_targets(svc)
+    )
+    active_rows = "".join(
+        f"<tr><td class=mono>{e(r.run_id)}</td><td>{_badge(r.status)}</td><td>{e(r.blob_name)}</td>"
+        f"<td>{_progress(r.status)}</td><td>{e(_ago(_iso(r.created_at), now))}</td></tr>"
+        for r in active
+    )
+    recent_rows = "".join(
+        f'<tr><td class=mono><a href="runs/{e(r.run_id)}">{e(r.run_id)}</a></td><td>{_badge(r.status)}</td>'
+        f"<td>{e(r.blob_name)}</td><td>{_num(_metric(r, metric))}</td>"
+        f"<td>{e(_targets_text(r))}</td><td>{e(_ago(_iso(r.updated_at), now))}</td></tr>"
+        for r in recent[:20]
+    )
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta http-equiv="refresh" content="30">
+<title>Retraining autopilot — {e(svc.settings.pipeline)}</title>
+<style>
+body {{ font: 14px/1.4 system-ui, sans-serif; margin: 24px; color: #1b1f24; background: #fafbfc; }}
+h1 {{ font-size: 20px; margin: 0 0 4px; }} h2 {{ font-size: 16px; margin: 24px 0 8px; }}
+table {{ border-collapse: collapse; width: 100%; background: #fff; }}
+th, td {{ text-align: left; padding: 6px 10px; border-bottom: 1px solid #e1e4e8; vertical-align: middle; }}
+th {{ background: #f1f3f5; font-weight: 600; }} .mono {{ font-family: ui-monospace, monospace; font-size: 12px; }}
+.badge {{ padding: 2px 8px; border-radius: 10px; font-size: 12px; color: #fff; }}
+.ok {{ background: #1a7f37; }} .bad {{ background: #cf222e; }} .busy {{ background: #0969da; }}
+.idle {{ background: #6e7781; }} .warn {{ background: #9a6700; }}
+.bar {{ width: 160px; height: 8px; background: #e1e4e8; border-radius: 4px; overflow: hidden; }}
+.bar > div {{ height: 100%; background: #0969da; }} .muted {{ color: #6e7781; }}
+</style></head><body>
+<h1>Retraining autopilot</h1>
+<div class=muted>pipeline <b>{e(svc.settings.pipeline)}</b> · gate {e(metric)} · {stamp} UTC</div>
+<h2>Live on each target</h2>
+<table id=targets><tr><th>target</th><th>kind</th><th>live run</th><th>{e(metric)}</th><th>since</th>
+<th>replaced</th></tr>{targets_rows or "<tr><td colspan=6 class=muted>no deploy target configured</td></tr>"}</table>
+<h2>Active runs</h2>
+<table id=active><tr><th>run</th><th>status</th><th>training data</th><th>progress</th><th>started</th></tr>
+{active_rows or "<tr><td colspan=5 class=muted>nothing running</td></tr>"}</table>
+<h2>{e(metric)} over time</h2>
+{_chart(recent, metric)}
+<h2>Recent runs</h2>
+<table id=recent><tr><th>run</th><th>status</th><th>training data</th><th>{e(metric)}</th><th>targets</th>
+<th>updated</th></tr>{recent_rows or "<tr><td colspan=6 class=muted>no runs yet</td></tr>"}</table>
+</body></html>"""
+
+
+def _num(value: float | None) -> str:
+    return "—" if value is None else f"{value:.4f}"
+
+
+def _ago(iso: str | None, now: dt.datetime) -> str:
+    if not iso:
+        return "—"
+    seconds = int((now - dt.datetime.fromisoformat(iso.replace("Z", "+00:00"))).total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds // size} {unit} ago"
+    return f"{max(seconds, 0)} s ago"
+
+
+def _badge(status: str) -> str:
+    kind = (
+        "ok"
+        if status in (R.DEPLOYED, R.FINISHED)
+        else "bad"
+        if status in (R.FAILED, R.TIMED_OUT)
+        else "warn"
+        if status in (R.REJECTED, R.PARTIALLY_DEPLOYED, R.CANCELLED)
+        else "busy"
+        if status in (R.SUBMITTED, R.RUNNING, R.APPROVED, R.DEPLOYING, R.REQUESTED)
+        else "idle"
+    )
+    return f"<span class='badge {kind}'>{html.escape(status)}</span>"
+
+
+def _progress(status: str) -> str:
+    step = STEPS.index(status) + 1 if status in STEPS else 0
+    return f"<div class=bar title='{step}/{len(STEPS)}'><div style='width:{100 * step // len(STEPS)}%'></div></div>"
+
+
+def _targets_text(run: Run) -> str:
+    return ", ".join(f"{name}: {t.get('status')}" for name, t in sorted(run.targets.items())) or "—"
+
+
+def _chart(runs: list[Run], metric: str) -> str:
+    """An inline SVG: the gate metric of each judged run over time; deploys and rejections marked."""
+    points = [(r.created_at, _metric(r, metric), r) for r in reversed(runs) if _metric(r, metric) is not None]
+    if not points:
+        return "<p class=muted id=chart>no judged run yet</p>"
+    width, height, pad = 720, 220, 48
+    values = [v for _, v, _ in points]
+    low, high = min(values), max(values)
+    if high - low < 0.05:
+        low, high = low - 0.025, high + 0.025
+    first, last = points[0][0], points[-1][0]
+    span = max((last - first).total_seconds(), 1.0)
+
+    def xy(when: dt.datetime, value: float) -> tuple[float, float]:
+        x = pad + (width - 2 * pad) * ((when - first).total_seconds() / span if len(points) > 1 else 0.5)
+        y = height - pad - (height - 2 * pad) * (value - low) / (high - low)
+        return round(x, 1), round(y, 1)
+
+    marks = []
+    for when, value, run in points:
+        x, y = xy(when, value)
+        label = html.escape(f"{run.run_id}: {metric} {value:.4f} ({run.status})")
+        if run.status in (R.DEPLOYED, R.PARTIALLY_DEPLOYED) or any(
+            t.get("status") == "Deployed" for t in run.targets.values()
+        ):
+            marks.append(f"<circle class=deployed cx={x} cy={y} r=6 fill='#1a7f37'><title>{label}</title></circle>")
+        elif run.status == R.REJECTED:
+            marks.append(
+                f"<path class=rejected d='M{x - 5},{y - 5}L{x + 5},{y + 5}M{x - 5},{y + 5}L{x + 5},{y - 5}' "
+                f"stroke='#cf222e' stroke-width=2.5><title>{label}</title></path>"
+            )
+        else:
+            marks.append(f"<circle cx={x} cy={y} r=4 fill='#6e7781'><title>{label}</title></circle>")
+    line = " ".join("{},{}".format(*xy(w, v)) for w, v, _ in points)
+    axis = (
+        f"<text x=4 y={pad + 4} font-size=11 fill='#6e7781'>{high:.3f}</text>"
+        f"<text x=4 y={height - pad + 4} font-size=11 fill='#6e7781'>{low:.3f}</text>"
+    )
+    legend = (
+        "<text x=480 y=16 font-size=12><tspan fill='#1a7f37'>● deployed</tspan>  "
+        "<tspan fill='#cf222e'>✕ rejected</tspan>  <tspan fill='#6e7781'>● other</tspan></text>"
+    )
+    return (
+        f"<svg id=chart width={width} height={height} viewBox='0 0 {width} {height}' role=img "
+        f"aria-label='{html.escape(metric)} over time' style='background:#fff;border:1px solid #e1e4e8'>"
+        f"<polyline points='{line}' fill=none stroke='#8c959f' stroke-dasharray='4 3'/>{axis}{legend}"
+        f"{''.join(marks)}</svg>"
+    )

@@ -1,0 +1,141 @@
+"""The status API and page, served through the registered HTTP functions, against a seeded state."""
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import requests
+
+import function_app
+from emulator import sample_data
+from localdev.runner import LocalHost
+from shared import workflow
+from tests.conftest import API_KEY
+from tests.loop import finish
+
+FUNCTION_KEY = "test-function-key-not-a-secret"
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+
+@pytest.fixture
+def seeded(loop_env, fresh_emulator):
+    """A deployed run, a rejected run, and an upload superseded by the deployed one's successor."""
+    host = LocalHost(function_app.app, loop_env, visibility_timeout=0)
+    svc = workflow.get_services()
+    svc.storage.ensure_container(svc.settings.training_container)
+    made = {}
+    for name, noise in (("good.csv", 0.1), ("degraded.csv", 0.45)):
+        blob = svc.storage.blobs.get_blob_client(svc.settings.training_container, name)
+        blob.upload_blob(sample_data.generate(800, seed=4, label_noise=noise).encode(), overwrite=True)
+        outcome = workflow.start_run_for_blob(
+            svc, svc.storage.blob_ref(svc.settings.training_container, name), source="blob", actor="seed"
+        )
+        finish(svc, outcome.run_id)
+        made[name] = outcome.run_id
+    base = host.serve_http(FUNCTION_KEY)
+    yield svc, base, made
+    host.stop()
+
+
+def get(base, path, **params):
+    return requests.get(f"{base}/api/{path}", params={"code": FUNCTION_KEY, **params}, timeout=10)
+
+
+def test_the_api_needs_the_function_key(seeded):
+    _, base, _ = seeded
+    assert requests.get(f"{base}/api/runs", timeout=5).status_code == 401
+    assert requests.get(f"{base}/api/runs", params={"code": "wrong"}, timeout=5).status_code == 401
+    assert requests.get(f"{base}/api/runs", headers={"x-functions-key": FUNCTION_KEY}, timeout=5).status_code == 200
+
+
+def test_runs_are_listed_newest_first_paged_and_filtered(seeded):
+    _, base, made = seeded
+    everything = get(base, "runs").json()
+    assert [r["run_id"] for r in everything["runs"]] == [made["degraded.csv"], made["good.csv"]]
+    assert everything["next_cursor"] is None
+    first = get(base, "runs", limit=1).json()
+    second = get(base, "runs", limit=1, cursor=first["next_cursor"]).json()
+    assert [first["runs"][0]["run_id"], second["runs"][0]["run_id"]] == [made["degraded.csv"], made["good.csv"]]
+    rejected = get(base, "runs", status="Rejected").json()["runs"]
+    assert [r["run_id"] for r in rejected] == [made["degraded.csv"]]
+    assert rejected[0]["metric"]["name"] == "AUC" and rejected[0]["gate"]["arm"]["approved"] is False
+    assert get(base, "runs", status="Sideways").status_code == 400
+    assert get(base, "runs", cursor="!!not-a-cursor").status_code == 400
+    assert get(base, "runs", limit=1000).status_code == 400
+
+
+def test_one_run_has_its_history_gate_decision_and_deploy_results(seeded):
+    _, base, made = seeded
+    run = get(base, f"runs/{made['good.csv']}").json()
+    assert run["status"] == "Deployed"
+    assert [h["to"] for h in run["history"] if "to" in h][-1] == "Deployed"
+    assert run["gate"]["classic"]["approved"] and run["targets"]["arm"]["status"] == "Deployed"
+    assert run["metrics"]["AUC"] == run["metric"]["value"]
+    assert get(base, "runs/20991231T000000Z-0000000000000000").status_code == 404
+    assert get(base, "runs/not-a-run").status_code == 404
+
+
+def test_targets_show_what_is_live_and_nothing_secret(seeded):
+    _, base, made = seeded
+    response = get(base, "targets")
+    targets = {t["name"]: t for t in response.json()["targets"]}
+    assert targets["classic"]["live_run"] == targets["arm"]["live_run"] == made["good.csv"]
+    assert targets["classic"]["since"] and targets["arm"]["kind"] == "arm"
+    assert API_KEY not in response.text and "api_key" not in response.text
+
+
+def test_the_page_is_self_contained_and_marks_deploys_and_rejections(seeded):
+    _, base, made = seeded
+    response = get(base, "status")
+    assert response.headers["Content-Type"].startswith("text/html")
+    page = response.text
+    assert made["good.csv"] in page and made["degraded.csv"] in page
+    assert re.findall(r"""(?:src|href)=["']?https?://""", page) == []  # nothing from a CDN
+    assert page.count("class=deployed") == 1 and page.count("class=rejected") == 1
+    assert API_KEY not in page
+
+
+@pytest.mark.skipif(
+    not shutil.which("chromedriver") or not shutil.which("chromium"),
+    reason="Debian's chromium and chromium-driver are not installed (./dev.sh installs them as root)",
+)
+def test_the_page_in_a_real_headless_chromium(seeded):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+
+    _, base, made = seeded
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium")
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1100,1100",
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
+    try:
+        driver.get(f"{base}/api/status?code={FUNCTION_KEY}")
+        assert driver.title.startswith("Retraining autopilot")
+        live = [row.text for row in driver.find_elements(By.CSS_SELECTOR, "#targets tr")[1:]]
+        assert all(made["good.csv"] in row for row in live) and len(live) == 2
+        chart = driver.find_element(By.ID, "chart")
+        assert chart.find_elements(By.CSS_SELECTOR, "circle.deployed")
+        assert chart.find_elements(By.CSS_SELECTOR, "path.rejected")
+        assert chart.size["width"] > 600
+        recent = driver.find_element(By.ID, "recent").text
+        assert "Rejected" in recent and "Deployed" in recent
+        ARTIFACTS.mkdir(exist_ok=True)
+        path = ARTIFACTS / "status-page.png"
+        assert driver.save_screenshot(str(path))
+        assert path.stat().st_size > 10_000
+        print(f"screenshot: {path}")
+    finally:
+        driver.quit()
