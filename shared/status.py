@@ -127,7 +127,8 @@ def page_html(svc, *, now: dt.datetime | None = None, link_query: str = "") -> s
         for r in active
     )
     recent_rows = "".join(
-        f'<tr><td class=mono><a href="runs/{e(r.run_id)}">{e(r.run_id)}</a></td><td>{_badge(r.status)}</td>'
+        f'<tr><td class=mono><a href="runs/{e(r.run_id)}{e(link_query)}">{e(r.run_id)}</a></td>'
+        f"<td>{_badge(r.status)}</td>"
         f"<td>{e(r.blob_name)}</td><td>{_num(_metric(r, metric))}</td>"
         f"<td>{e(_targets_text(r))}</td><td>{e(_ago(_iso(r.updated_at), now))}</td></tr>"
         for r in recent[:20]

@@ -94,6 +94,8 @@ def test_the_page_is_self_contained_and_marks_deploys_and_rejections(seeded):
     assert re.findall(r"""(?:src|href)=["']?https?://""", page) == []  # nothing from a CDN
     assert page.count("class=deployed") == 1 and page.count("class=rejected") == 1
     assert API_KEY not in page
+    link = re.search(r'<a href="(runs/[^"]+)"', page).group(1).replace("&amp;", "&")
+    assert requests.get(f"{base}/api/{link}", timeout=5).json()["run_id"] in made.values()  # links keep the key
 
 
 @pytest.mark.skipif(
