@@ -191,7 +191,7 @@ class LocalHost:
                     if not match:
                         continue
                     methods = [m.upper() for m in trigger.get("methods") or ["GET", "POST"]]
-                    key = params.pop("code", None) or self.headers.get("x-functions-key") or ""
+                    key = params.get("code") or self.headers.get("x-functions-key") or ""
                     if self.command not in methods:
                         status, body = 405, b"Method Not Allowed"
                     elif str(trigger.get("authLevel", "FUNCTION")).upper() != "ANONYMOUS" and not hmac.compare_digest(
