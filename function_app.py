@@ -5,10 +5,11 @@ import logging
 import azure.functions as func
 import azurefunctions.extensions.bindings.blob as blob_types
 
-from shared import workflow
+from shared import telemetry, workflow
 from shared.settings import blob_trigger_source, retrain_schedule
 from shared.storage import blob_ref_from_properties
 
+telemetry.configure_azure_monitor()  # before the app object, as the Functions OpenTelemetry guide says
 app = func.FunctionApp()
 log = logging.getLogger("retraining")
 # The Azure SDKs log every HTTP request at INFO; keep their warnings, drop the noise.

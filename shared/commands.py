@@ -20,7 +20,7 @@ import logging
 import re
 from pathlib import Path
 
-from shared import deploy
+from shared import deploy, telemetry
 from shared.deploy import CommandRejected
 from shared.http import ServiceError
 from shared.redact import redact
@@ -107,6 +107,13 @@ def handle(svc, raw: bytes, *, message_id: str, dequeue_count: int, actor: str) 
     # A rejected message is still keyed by its request_id if it has a usable one.
     loose = body if body is not None else _loose_json(raw)
     key, fields = request_key(loose, message_id), _fields(loose, message_id, excerpt, actor)
+    run_id = loose.get("run_id") if isinstance(loose, dict) and isinstance(loose.get("run_id"), str) else None
+    with telemetry.bind(pipeline=svc.settings.pipeline, command=key, run_id=run_id):
+        return _handle(svc, body, problem, key, fields, now, dequeue_count=dequeue_count, actor=actor)
+
+
+def _handle(svc, body, problem, key: str, fields: dict, now, *, dequeue_count: int, actor: str) -> str:
+    message_id = fields["message_id"]
     state, record = svc.commands.claim(key, fields, LEASE, now)
     if state == "done":
         log.info(

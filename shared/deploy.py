@@ -15,6 +15,7 @@ from typing import Protocol
 from urllib.parse import unquote
 
 from shared import runs as R
+from shared import telemetry
 from shared.arm import ArmWebServiceClient, asset_uri, find_asset, with_asset_uri
 from shared.classic import ClassicEndpointClient, ClassicError
 from shared.http import ServiceError
@@ -109,6 +110,14 @@ def put_live(svc, target: Target, run: Run, *, actor: str, kind: str = "deploy")
 
     ``kind="deploy"`` refuses to replace a newer run's model; ``kind="rollback"`` may go back.
     """
+    with telemetry.bind(pipeline=run.pipeline, run_id=run.run_id, target=target.name):
+        result = _put_live(svc, target, run, actor=actor, kind=kind)
+        if result.action == "deployed":
+            telemetry.count("runs.deployed", pipeline=run.pipeline, target=target.name, kind=kind)
+        return result
+
+
+def _put_live(svc, target: Target, run: Run, *, actor: str, kind: str) -> PutResult:
     model = run.outputs.get("model")
     if not model:
         raise DeployError(f"run {run.run_id} has no trained model", operation=kind, code="NoModel")
@@ -225,6 +234,28 @@ def deploy_run(
     Transient failures are recorded and raised (the queue retries); on the last attempt they are
     recorded as failures, then raised so the message lands in the poison queue with the reason on the run.
     """
+    with telemetry.bind(pipeline=svc.settings.pipeline, run_id=run_id):
+        return _deploy_run(
+            svc,
+            run_id,
+            target_names,
+            actor=actor,
+            attempt=attempt,
+            max_attempts=max_attempts,
+            force_reason=force_reason,
+        )
+
+
+def _deploy_run(
+    svc,
+    run_id: str,
+    target_names: list[str] | None,
+    *,
+    actor: str,
+    attempt: int,
+    max_attempts: int,
+    force_reason: str | None,
+) -> Run:
     pipeline = svc.settings.pipeline
     run = svc.store.get(pipeline, run_id)
     if run is None:

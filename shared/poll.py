@@ -13,7 +13,7 @@ import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
 
-from shared import gate
+from shared import gate, telemetry
 from shared import runs as R
 from shared.bes import BesError
 from shared.http import ServiceError
@@ -50,7 +50,8 @@ def poll(svc: Services, *, actor: str, now: dt.datetime | None = None) -> list[O
 def _poll_safely(svc: Services, run_id: str, actor: str, now: dt.datetime | None) -> Outcome:
     """One run's failure must not stop the others; it is logged and retried at the next tick."""
     try:
-        return poll_run(svc, run_id, actor=actor, now=now or utcnow())
+        with telemetry.bind(pipeline=svc.settings.pipeline, run_id=run_id):
+            return poll_run(svc, run_id, actor=actor, now=now or utcnow())
     except (ServiceError, RetryLater) as exc:
         log.warning("run %s: poll will retry: %s", run_id, exc)
         return Outcome(run_id, "?", "retry")
@@ -72,6 +73,11 @@ def poll_run(svc: Services, run_id: str, *, actor: str, now: dt.datetime) -> Out
 
 
 def _check_job(svc: Services, run: Run, actor: str, now: dt.datetime) -> Outcome:
+    with telemetry.bind(job_id=run.job_id):
+        return _check_job_bound(svc, run, actor, now)
+
+
+def _check_job_bound(svc: Services, run: Run, actor: str, now: dt.datetime) -> Outcome:
     status = svc.bes.status(run.job_id)
     if status.status in ("NotStarted", "Running"):
         deadline = (run.submitted_at or run.created_at) + dt.timedelta(minutes=svc.settings.job_timeout_minutes)
@@ -117,6 +123,11 @@ def _end(svc: Services, run: Run, actor: str, status: str, reason: str, **change
     current = svc.store.update(run.pipeline, run.run_id, change)
     if current.status == status:
         log.info("run %s: %s (%s)", run.run_id, status, reason)
+        telemetry.count(
+            "runs.failed" if status in (R.FAILED, R.TIMED_OUT) else f"runs.{status.lower()}",
+            pipeline=run.pipeline,
+            stage="job",
+        )
         advance_pipeline(svc, run.run_id, actor)
     return Outcome(run.run_id, current.status, status.lower())
 
@@ -216,6 +227,9 @@ def _judge(svc: Services, run: Run, actor: str, results: dict) -> Outcome:
     if not judged:
         return Outcome(run.run_id, current.status, "duplicate")  # another poll judged it
     log.info("run %s: %s (%s)", run.run_id, status, reason)
+    telemetry.count("runs.finished", pipeline=run.pipeline)
+    if status == R.REJECTED:
+        telemetry.count("runs.rejected", pipeline=run.pipeline)
     if status == R.APPROVED:
         return hand_off(svc, current, actor)
     advance_pipeline(svc, run.run_id, actor)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shared import runs as R
+from shared import telemetry
 from shared.bes import BesClient, BesError, blob_reference
 from shared.http import make_session
 from shared.redact import redact
@@ -146,6 +147,11 @@ def start_run_for_blob(
     if hold is None:  # a quiet period applies to uploads: a burst becomes one run on the newest blob
         hold = source == "blob" and svc.settings.debounce_seconds > 0
     run = Run.for_blob(svc.settings.pipeline, blob, source, actor, now, salt)
+    with telemetry.bind(pipeline=run.pipeline, run_id=run.run_id):
+        return _record_and_admit(svc, run, blob, actor, now, hold)
+
+
+def _record_and_admit(svc: Services, run: Run, blob: BlobRef, actor: str, now: dt.datetime, hold: bool) -> Outcome:
     problem = unusable_blob(blob)
     if problem:
         run.transition(
@@ -411,7 +417,9 @@ def _submit(svc: Services, run: Run, actor: str) -> Outcome:
         return True
 
     current = svc.store.update(run.pipeline, run.run_id, change)
-    log.info("run %s: BES job %s started", run.run_id, run.job_id)
+    with telemetry.bind(job_id=run.job_id):
+        log.info("run %s: BES job %s started", run.run_id, run.job_id)
+    telemetry.count("runs.started", pipeline=run.pipeline, source=run.source)
     return Outcome(run.run_id, current.status, "started")
 
 
@@ -463,6 +471,7 @@ def _fail(svc: Services, run: Run, actor: str, reason: str, error: dict | None) 
 
     current = svc.store.update(run.pipeline, run.run_id, change)
     log.error("run %s failed: %s", run.run_id, redact(reason))
+    telemetry.count("runs.failed", pipeline=run.pipeline, stage="submit")
     advance_pipeline(svc, run.run_id, actor)
     return Outcome(run.run_id, current.status, "failed")
 
