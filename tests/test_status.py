@@ -26,6 +26,7 @@ def seeded(loop_env, fresh_emulator):
     svc.storage.ensure_container(svc.settings.training_container)
     made = {}
     for name, noise in (("good.csv", 0.1), ("degraded.csv", 0.45)):
+        time.sleep(1.1 if made else 0)  # runs sort by upload time, which storage keeps in whole seconds
         blob = svc.storage.blobs.get_blob_client(svc.settings.training_container, name)
         blob.upload_blob(sample_data.generate(800, seed=4, label_noise=noise).encode(), overwrite=True)
         outcome = workflow.start_run_for_blob(
