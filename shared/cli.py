@@ -1,5 +1,7 @@
 """Operator and sender command line: ``python -m shared --help``.
 
+* ``runs``, ``run``, ``targets`` and ``tail`` show the runs (newest first), one run's gate decision,
+  deploy results and history, what is live where, and follow a run until it ends;
 * ``send`` puts a command on the commands queue, validated against the contract first and
   base64-encoded as the Functions host expects — for operators and for other systems;
 * ``commands`` lists what the command queue received and what became of it (``--status Rejected``);
@@ -229,6 +231,144 @@ def _check_target(svc, target, report: Report) -> None:
         report.fail(target.name, str(exc))
 
 
+# --- runs and targets ------------------------------------------------------------------------------
+
+
+def _read_services(args: argparse.Namespace):
+    from shared.settings import Settings
+    from shared.workflow import build_services
+
+    return build_services(Settings.from_env(load_settings_values(args.settings)), create=False)
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(x)) for x in column) for column in zip(header, *rows, strict=False)]
+    lines = [header, ["-" * w for w in widths], *rows]
+    return "\n".join("  ".join(str(x).ljust(w) for x, w in zip(line, widths, strict=False)).rstrip() for line in lines)
+
+
+def runs_command(args: argparse.Namespace) -> int:
+    from shared import status
+
+    page = status.list_runs(_read_services(args), status=args.status, limit=args.limit, cursor=args.cursor)
+    if args.json:
+        print(json.dumps(page, indent=2, default=str))
+        return 0
+    rows = [
+        [
+            r["run_id"],
+            r["status"],
+            r["blob"],
+            "-" if r["metric"]["value"] is None else f"{r['metric']['value']:.4f}",
+            ", ".join(f"{n}: {t.get('status')}" for n, t in sorted(r["targets"].items())) or "-",
+            r["updated_at"][:19],
+        ]
+        for r in page["runs"]
+    ]
+    print(
+        _table(
+            rows,
+            [
+                "run",
+                "status",
+                "training data",
+                page["runs"][0]["metric"]["name"] if rows else "metric",
+                "targets",
+                "updated (UTC)",
+            ],
+        )
+        if rows
+        else "no runs"
+    )
+    if page["next_cursor"]:
+        print(f"more: --cursor {page['next_cursor']}")
+    return 0
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from shared import status
+
+    run = status.get_run(_read_services(args), args.run_id)
+    if run is None:
+        print(f"no run {args.run_id}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(run, indent=2, default=str))
+        return 0
+    print(f"run {run['run_id']}  {run['status']}  ({run['source']}: {run['blob']})")
+    print(
+        f"BES job {run['job_id'] or '-'}, attempts {run['attempts']}; {run['metric']['name']} "
+        f"{run['metric']['value'] if run['metric']['value'] is not None else '-'}"
+    )
+    for name, decision in sorted(run["gate"].items()):
+        print(f"  gate {name}: {'approved' if decision.get('approved') else 'rejected'} - {decision.get('reason')}")
+    for name, target in sorted(run["targets"].items()):
+        print(f"  deploy {name}: {target.get('status')} - {target.get('reason')}")
+    if run["error"]:
+        print(f"  error: {run['error'].get('code')}: {run['error'].get('message')}")
+    print("history:")
+    for entry in run["history"]:
+        move = f"{entry.get('from', '')} -> {entry['to']}" if "to" in entry else "note"
+        print(f"  {entry['at']}  {move:<26} {entry['by']:<40} {entry.get('reason') or entry.get('event')}")
+    return 0
+
+
+def targets_command(args: argparse.Namespace) -> int:
+    from shared import status
+
+    targets = status.list_targets(_read_services(args))
+    if args.json:
+        print(json.dumps(targets, indent=2))
+        return 0
+    rows = [
+        [
+            t["name"],
+            t["kind"],
+            t["live_run"] or "-",
+            "-" if t["metric"]["value"] is None else f"{t['metric']['value']:.4f}",
+            (t["since"] or "-")[:19],
+            t["previous_run"] or "-",
+        ]
+        for t in targets
+    ]
+    print(_table(rows, ["target", "kind", "live run", "metric", "since (UTC)", "replaced"]) if rows else "no targets")
+    return 0
+
+
+def tail_command(args: argparse.Namespace) -> int:
+    """Follow a run until it ends: each state change as it is recorded, and a progress line meanwhile."""
+    import time
+
+    from shared import status
+
+    svc = _read_services(args)
+    interactive = sys.stdout.isatty()
+    shown, started, spinner = 0, time.monotonic(), "|/-\\"
+    while True:
+        run = svc.store.get(svc.settings.pipeline, args.run_id)
+        if run is None:
+            print(f"no run {args.run_id}", file=sys.stderr)
+            return 1
+        for entry in run.history[shown:]:
+            if interactive:
+                print("\r\033[K", end="")
+            move = f"-> {entry['to']}" if "to" in entry else "  note"
+            print(f"{entry['at']}  {move:<20} {entry.get('reason') or entry.get('event')}")
+        shown = len(run.history)
+        if run.ended:
+            print(f"{run.run_id} ended {run.status}")
+            return 0 if run.status in ("Deployed", "Finished", "Rejected", "Superseded") else 1
+        elapsed = time.monotonic() - started
+        if args.timeout and elapsed > args.timeout:
+            print(f"\nstill {run.status} after {args.timeout:.0f}s; stopped following")
+            return 2
+        if interactive:
+            step = status.STEPS.index(run.status) + 1 if run.status in status.STEPS else 0
+            bar = "#" * step + "." * (len(status.STEPS) - step)
+            print(f"\r{spinner[int(elapsed * 4) % 4]} [{bar}] {run.status:<10} {int(elapsed)}s", end="", flush=True)
+        time.sleep(args.interval)
+
+
 # --- commands log ---------------------------------------------------------------------------------
 
 
@@ -292,6 +432,26 @@ def parser() -> argparse.ArgumentParser:
             kind.add_argument("target")
             kind.add_argument("--to-run", help="the run whose model to put back (default: the one replaced)")
 
+    def reader(name: str, text: str) -> argparse.ArgumentParser:
+        command = sub.add_parser(name, help=text)
+        command.add_argument("--settings", help="a local.settings.json-style file (default: the environment)")
+        return command
+
+    runs_parser = reader("runs", "list runs, newest first")
+    runs_parser.add_argument("--status", help="only runs in this status (e.g. Rejected)")
+    runs_parser.add_argument("--limit", type=int, default=20)
+    runs_parser.add_argument("--cursor", help="continue a listing (printed after a full page)")
+    runs_parser.add_argument("--json", action="store_true")
+    run_parser = reader("run", "show one run: gate decision, deploy results, history")
+    run_parser.add_argument("run_id")
+    run_parser.add_argument("--json", action="store_true")
+    targets_parser = reader("targets", "what is live on each target")
+    targets_parser.add_argument("--json", action="store_true")
+    tail_parser = reader("tail", "follow a run until it ends")
+    tail_parser.add_argument("run_id")
+    tail_parser.add_argument("--interval", type=float, default=2.0, help="seconds between reads")
+    tail_parser.add_argument("--timeout", type=float, default=0, help="stop following after this long (0: never)")
+
     log_parser = sub.add_parser("commands", help="list received commands (e.g. --status Rejected)")
     log_parser.add_argument("--settings", help="a local.settings.json-style file (default: the environment)")
     log_parser.add_argument("--status", choices=["Done", "Rejected", "Failed", "InProgress"])
@@ -304,4 +464,13 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    return {"send": send, "check": check, "commands": command_log}[args.action](args)
+    actions = {
+        "send": send,
+        "check": check,
+        "commands": command_log,
+        "runs": runs_command,
+        "run": run_command,
+        "targets": targets_command,
+        "tail": tail_command,
+    }
+    return actions[args.action](args)

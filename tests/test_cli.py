@@ -95,3 +95,46 @@ def test_the_command_log_lists_rejected_messages_with_their_reason(env, tmp_path
     [line] = capsys.readouterr().out.splitlines()
     entry = json.loads(line)
     assert entry["RowKey"] == "msg:m-9" and "run_id" in entry["reason"] and '"nope"' in entry["raw"]
+
+
+def test_runs_run_targets_and_tail_follow_a_run_to_its_end(env, fresh_emulator, tmp_path, capsys, monkeypatch):
+    import threading
+
+    from emulator import sample_data
+    from shared import poll, workflow
+    from tests.loop import drain_commands, services, wait_job
+
+    settings = target_settings(env, fresh_emulator)
+    svc = services(settings, monkeypatch)
+    path = settings_file(tmp_path, settings)
+    outcome = workflow.start_run_for_blob(
+        svc,
+        upload(svc, "census.csv", sample_data.generate(600, seed=2).encode()),
+        source="blob",
+        actor="blob-trigger/t",
+    )
+
+    def the_app_moves_it_on():
+        wait_job(svc, outcome.run_id)
+        poll.poll(svc, actor="timer-poll/t")
+        drain_commands(svc)
+
+    mover = threading.Thread(target=the_app_moves_it_on)
+    mover.start()
+    # WHEN an operator tails the run
+    assert cli.main(["tail", outcome.run_id, "--settings", path, "--interval", "0.2", "--timeout", "60"]) == 0
+    mover.join()
+    tailed = capsys.readouterr().out
+    # THEN each state change appeared once, in order, ending with the verdict
+    changes = [line.split("-> ")[1].split()[0] for line in tailed.splitlines() if "-> " in line]
+    assert changes == ["Requested", "Submitted", "Running", "Approved", "Deploying", "Deployed"]
+    assert tailed.rstrip().endswith(f"{outcome.run_id} ended Deployed")
+    # AND the listings agree
+    assert cli.main(["runs", "--settings", path]) == 0
+    assert outcome.run_id in capsys.readouterr().out
+    assert cli.main(["run", outcome.run_id, "--settings", path]) == 0
+    shown = capsys.readouterr().out
+    assert "gate classic: approved" in shown and "deploy arm: Deployed" in shown and "-> Deployed" in shown
+    assert cli.main(["targets", "--settings", path, "--json"]) == 0
+    assert {t["live_run"] for t in json.loads(capsys.readouterr().out)} == {outcome.run_id}
+    assert cli.main(["run", "20991231T000000Z-0000000000000000", "--settings", path]) == 1
