@@ -10,6 +10,7 @@ gate rejects while the live model stays. It prints each state change and ends wi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import secrets
@@ -54,12 +55,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m localdev.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--job-seconds", type=float, default=2.0, help="how long each emulated BES job runs")
     parser.add_argument("--timeout", type=float, default=120.0, help="give up on a run after this many seconds")
+    parser.add_argument(
+        "--keep-open",
+        action="store_true",
+        help="keep everything (and the status page) running after the summary, until Ctrl-C",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
     # azure-functions warns that auth levels apply only to HTTP functions; true and irrelevant here.
     logging.getLogger().addFilter(lambda record: "Auth level is not applied" not in record.getMessage())
 
     api_key = secrets.token_urlsafe(32)  # a throwaway key for the local emulator
+    host = None
     say("Starting Azurite (blob, queue, table) and the Azure ML emulator on free ports ...")
     azurite = Azurite().start()
     emulator = EmulatorProcess(
@@ -95,6 +102,10 @@ def main(argv: list[str] | None = None) -> int:
         from shared.workflow import get_services
 
         host = LocalHost(function_app.app, settings, visibility_timeout=1)
+        function_key = secrets.token_urlsafe(16)
+        base = host.serve_http(function_key)
+        say(f"  status page            {base}/api/status?code={function_key}")
+        say(f"  status API             {base}/api/runs?code={function_key}  (and /api/runs/<id>, /api/targets)")
         svc = get_services()
         svc.storage.ensure_container("training-data")
         before = scores(emulator, api_key)
@@ -193,8 +204,16 @@ def main(argv: list[str] | None = None) -> int:
                 else "UNEXPECTED: see the runs above."
             )
         )
+        if args.keep_open:
+            say(f"\nStill serving; status page: {base}/api/status?code={function_key}  (Ctrl-C to stop)")
+            with contextlib.suppress(KeyboardInterrupt):
+                while True:
+                    host.scan_blobs() + host.tick_timers() + host.pump_queues()
+                    time.sleep(1)
         return 0 if ok else 1
     finally:
+        if host is not None:
+            host.stop()
         emulator.stop()
         azurite.stop()
 
