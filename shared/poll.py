@@ -27,6 +27,7 @@ from shared.workflow import (
     _submit,
     _take_over,
     advance_pipeline,
+    promote,
     start_quiet_waiter,
 )
 
@@ -44,24 +45,35 @@ def poll(svc: Services, *, actor: str, now: dt.datetime | None = None) -> list[O
     run_ids = [slot.active_run]
     workers = min(svc.settings.poll_concurrency, len(run_ids))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="poll") as pool:
-        return list(pool.map(lambda run_id: _poll_safely(svc, run_id, actor, now), run_ids))
+        return list(pool.map(lambda run_id: _poll_safely(svc, run_id, actor, now, slot.updated_at), run_ids))
 
 
-def _poll_safely(svc: Services, run_id: str, actor: str, now: dt.datetime | None) -> Outcome:
+def _poll_safely(svc: Services, run_id: str, actor: str, now: dt.datetime | None, since: dt.datetime | None) -> Outcome:
     """One run's failure must not stop the others; it is logged and retried at the next tick."""
     try:
         with telemetry.bind(pipeline=svc.settings.pipeline, run_id=run_id):
-            return poll_run(svc, run_id, actor=actor, now=now or utcnow())
+            return poll_run(svc, run_id, actor=actor, now=now or utcnow(), slot_since=since)
     except (ServiceError, RetryLater) as exc:
         log.warning("run %s: poll will retry: %s", run_id, exc)
         return Outcome(run_id, "?", "retry")
 
 
-def poll_run(svc: Services, run_id: str, *, actor: str, now: dt.datetime) -> Outcome:
+def poll_run(
+    svc: Services, run_id: str, *, actor: str, now: dt.datetime, slot_since: dt.datetime | None = None
+) -> Outcome:
+    """One active run: resume what was interrupted, check its job, or hand it off for deployment.
+    ``slot_since`` is when the run got the slot."""
     run = svc.store.get(svc.settings.pipeline, run_id)
     if run is None or not run.holds_slot:
         advance_pipeline(svc, run_id, actor)  # the slot outlived its run: free it
         return Outcome(run_id, run.status if run else "missing", "advanced")
+    if run.status == R.WAITING:
+        # Moved into the slot, not yet started: a promotion in flight, or one cut short (then finish it).
+        if slot_since is not None and slot_since + LEASE > now:
+            return Outcome(run_id, run.status, "in_progress")
+        return promote(svc, run_id, actor, "promoted: resuming an interrupted promotion") or Outcome(
+            run_id, run.status, "in_progress"
+        )
     if run.status in (R.REQUESTED, R.SUBMITTED):
         if not run.lease_free(now):
             return Outcome(run_id, run.status, "in_progress")

@@ -51,8 +51,9 @@ TRANSITIONS: dict[str, frozenset[str]] = {
         for end in (FINISHED, REJECTED, DEPLOYED, PARTIALLY_DEPLOYED, FAILED, TIMED_OUT, CANCELLED, SUPERSEDED)
     },
 }
-# States in which a run holds its pipeline's single training slot.
-HOLDS_SLOT = frozenset({REQUESTED, SUBMITTED, RUNNING, APPROVED})
+# States in which the run named by its pipeline's slot holds it: from its promotion (it is Waiting for
+# a moment after the slot names it) until it is handed off for deployment or ends.
+HOLDS_SLOT = frozenset({WAITING, REQUESTED, SUBMITTED, RUNNING, APPROVED})
 ENDED = frozenset(status for status, moves in TRANSITIONS.items() if not moves)
 
 # Table Storage strings hold at most 32,768 characters; keep the history well inside that.

@@ -520,9 +520,15 @@ def _pass_slot(svc: Services, expected_active: str | None, actor: str, reason: s
         raise StaleError(f"pipeline {pipeline}: slot too contended")
     if next_id is None:
         return None
+    return promote(svc, next_id, actor, reason)
+
+
+def promote(svc: Services, run_id: str, actor: str, reason: str) -> Outcome | None:
+    """Start the run that was just moved into the slot (also: finish a promotion cut short)."""
+    store, pipeline = svc.store, svc.settings.pipeline
     now = utcnow()
 
-    def promote(current: Run) -> bool:
+    def change(current: Run) -> bool:
         if current.status not in (R.WAITING, R.REQUESTED):
             return False
         if current.status == R.WAITING:
@@ -533,10 +539,10 @@ def _pass_slot(svc: Services, expected_active: str | None, actor: str, reason: s
         current.lease_owner, current.lease_until = actor, now + LEASE
         return True
 
-    run = store.update(pipeline, next_id, promote)
+    run = store.update(pipeline, run_id, change)
     if run is None or run.lease_owner != actor or run.status != R.REQUESTED:
         return None
-    log.info("run %s: %s", next_id, reason)
+    log.info("run %s: %s", run_id, reason)
     return _submit(svc, run, actor)
 
 

@@ -7,6 +7,7 @@ emulator, duplicated and reordered deliveries and two pollers at once; then inva
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import itertools
@@ -14,6 +15,7 @@ import json
 import logging
 import os
 import random
+import re
 import threading
 import time
 
@@ -31,6 +33,7 @@ from tests.test_secrets import BEARER, SAS_SIGNATURE
 FIRST_SEED = int(os.environ.get("CHAOS_SEED", "1"))
 SCENARIOS = int(os.environ.get("CHAOS_SCENARIOS", "3"))
 EXPECTED = (workflow.RetryLater, commands.RetryLater, ServiceError)  # what a trigger may raise: it is retried
+JOB_CREATED = re.compile(r"BES job (\S+) created")
 FAULTS = [
     {"route": "bes.submit", "status": 503, "retry_after": 1},
     {"route": "bes.start", "drop": True},
@@ -44,6 +47,13 @@ FAULTS = [
     {"route": "arm.lro", "fail": "Provisioning failed (injected)."},
     {"route": "arm.get", "status": 504},
 ]
+
+
+def together(threads: list[threading.Thread]) -> None:
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
 
 
 class Chaos:
@@ -72,23 +82,27 @@ class Chaos:
             self.unexpected.append(f"{type(error).__name__}: {error}")
             then()
 
-    def upload(self) -> None:
+    def new_blob(self):
         self.counter += 1
         noise = self.rng.choice([0.02, 0.1, 0.2, 0.45])
-        blob = upload(
-            self.svc,
-            f"data-{self.counter}.csv",
-            sample_data.generate(300, seed=self.rng.randrange(1000), label_noise=noise).encode(),
-        )
+        data = sample_data.generate(300, seed=self.rng.randrange(1000), label_noise=noise).encode()
+        blob = upload(self.svc, f"data-{self.counter}.csv", data)
         self.delivered.append(blob)
+        return blob
+
+    def deliveries(self, blob) -> list[threading.Thread]:
         copies = self.rng.choice([1, 1, 2, 3])  # duplicated deliveries, concurrent
-        threads = [
-            threading.Thread(target=self.deliver_blob, args=(blob, f"blob/{self.counter}.{i}")) for i in range(copies)
-        ]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        return [threading.Thread(target=self.deliver_blob, args=(blob, f"blob/{blob.name}.{i}")) for i in range(copies)]
+
+    def upload(self) -> None:
+        together(self.deliveries(self.new_blob()))
+
+    def burst(self) -> None:
+        """Several uploads delivered at once, reordered, while both pollers run."""
+        blobs = [self.new_blob() for _ in range(self.rng.randint(2, 4))]
+        threads = [thread for blob in blobs for thread in self.deliveries(blob)]
+        self.rng.shuffle(threads)
+        together([*threads, threading.Thread(target=self.tick)])
 
     def redeliver(self) -> None:
         if self.delivered:
@@ -106,11 +120,7 @@ class Chaos:
             with self.retried():
                 poll.poll(self.svc, actor=f"poll/{self.counter}.{i}")
 
-        threads = [threading.Thread(target=one, args=(i,)) for i in range(2)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        together([threading.Thread(target=one, args=(i,)) for i in range(2)])
 
     def pump(self, visibility: int = 1) -> int:
         """Deliver queued commands, shuffled, some twice; failures come back after ``visibility``."""
@@ -167,7 +177,8 @@ class Chaos:
             if not (owed or pumped or busy or waiting or slot.active_run or slot.waiting_run):
                 return
             time.sleep(0.3)
-        raise AssertionError("the scenario did not settle")
+        stuck = [(r.run_id, r.status) for r in busy]
+        raise AssertionError(f"the scenario did not settle: runs {stuck}, slot {slot}, {waiting} queued commands")
 
 
 def check_invariants(chaos: Chaos, logs: str) -> None:
@@ -190,6 +201,25 @@ def check_invariants(chaos: Chaos, logs: str) -> None:
             assert after["from"] == before["to"] and after["to"] in R.TRANSITIONS[before["to"]], run.run_id
         stamps = [h["at"] for h in run.history]
         assert stamps == sorted(stamps), run.run_id
+    # Every BES job we did not cancel belongs to exactly one run, and none is left running.
+    owners: dict[str, list[str]] = {}
+    for run in runs:
+        created = {m.group(1) for h in run.history if (m := JOB_CREATED.search(h.get("reason", "")))}
+        for job_id in created | ({run.job_id} - {None}):
+            owners.setdefault(job_id, []).append(run.run_id)
+    jobs = chaos.emulator.admin("GET", "jobs")
+    for job in jobs:
+        assert job["status"] in ("Finished", "Failed", "Cancelled"), job["id"]
+        if job["status"] != "Cancelled":
+            assert len(owners.get(job["id"], [])) == 1, (job["id"], owners.get(job["id"]))
+    # One retraining at a time: no two jobs ever ran at once.
+    ran = sorted((j["started"], j["ended"], j["id"]) for j in jobs if j["started"])
+    for before, after in itertools.pairwise(ran):
+        assert before[1] <= after[0], f"jobs {before[2]} and {after[2]} ran at the same time"
+    # Each approved run was handed off for deployment once.
+    handed = [json.loads(e["raw"]) for e in svc.commands.list() if '"pipeline"' in e.get("raw", "")]
+    counts = collections.Counter(body["run_id"] for body in handed)
+    assert all(n == 1 for n in counts.values()), counts
     for target in svc.settings.targets:
         history = svc.targets.history(target.name)
         deploys = [h["run"] for h in history if h["kind"] == "deploy"]
@@ -218,7 +248,7 @@ def test_random_scenario_keeps_every_invariant(seed, env, fresh_emulator, monkey
     chaos = Chaos(svc, fresh_emulator, rng)
     actions = (
         [chaos.upload] * 3
-        + [chaos.redeliver, chaos.fault, chaos.fault, chaos.command]
+        + [chaos.burst, chaos.redeliver, chaos.fault, chaos.fault, chaos.command]
         + [chaos.tick] * 3
         + [chaos.pump] * 2
     )
@@ -226,5 +256,5 @@ def test_random_scenario_keeps_every_invariant(seed, env, fresh_emulator, monkey
     for _ in range(rng.randint(10, 18)):
         rng.choice(actions)()
         time.sleep(rng.choice([0, 0.1, 0.3]))
-    chaos.settle(time.monotonic() + 120)
+    chaos.settle(time.monotonic() + 60)
     check_invariants(chaos, caplog.text)

@@ -1,5 +1,6 @@
 """Starting a run for new data: idempotent, coalescing, least privilege, every failure recorded."""
 
+import datetime as dt
 import itertools
 import json
 import logging
@@ -133,6 +134,51 @@ def test_uploads_during_a_run_coalesce_to_the_newest_and_it_starts_when_the_run_
     assert len(jobs(fresh_emulator)) == 2
     slot = svc.store.get_slot(svc.settings.pipeline)
     assert (slot.active_run, slot.waiting_run) == (newest.run_id, None)
+
+
+def promotion_in_flight(svc, fresh_emulator):
+    """A waiting upload the instant after the slot names it and before it is started (what an instance
+    passing the slot on looks like to everyone else)."""
+    fresh_emulator.admin("POST", "config", {"job_seconds": 30})
+    active = start(svc, upload(svc, "day-0.csv"))
+    waiter = start(svc, upload(svc, "day-1.csv"))
+    workflow.cancel_run(svc, active.run_id, actor="operator", reason="test")  # frees and promotes...
+    waiter_run = run_of(svc, waiter.run_id)
+    fresh_emulator.admin("POST", "reset")  # ...so rebuild that moment by hand, with no job started:
+    fresh_emulator.admin("POST", "config", {"job_seconds": 30})
+    waiter_run.status, waiter_run.job_id, waiter_run.lease_owner, waiter_run.lease_until = R.WAITING, None, None, None
+    waiter_run.history = [h for h in waiter_run.history if h.get("to") in (R.REQUESTED, R.WAITING)]
+    svc.store.save(waiter_run)
+    slot = svc.store.get_slot(svc.settings.pipeline)
+    slot.active_run, slot.waiting_run, slot.waiting_key = waiter.run_id, None, None
+    svc.store.save_slot(slot)
+    return waiter.run_id
+
+
+def test_an_upload_during_a_promotion_waits_instead_of_taking_the_slot(svc, fresh_emulator):
+    # Found by the chaos suite: the upload took the Waiting run in the slot for a leftover, freed the
+    # slot and started itself, then the promotion started the waiter too: two trainings at once.
+    promoted = promotion_in_flight(svc, fresh_emulator)
+    newer = start(svc, upload(svc, "day-2.csv"))
+    assert newer.action == "waiting"
+    assert workflow.promote(svc, promoted, "poll/test", "promoted: test").status == R.RUNNING
+    slot = svc.store.get_slot(svc.settings.pipeline)
+    assert (slot.active_run, slot.waiting_run) == (promoted, newer.run_id)
+    assert len(jobs(fresh_emulator)) == 1
+
+
+def test_a_poll_leaves_a_promotion_in_flight_alone_and_finishes_one_cut_short(svc, fresh_emulator):
+    from shared import poll
+
+    promoted = promotion_in_flight(svc, fresh_emulator)
+    since = svc.store.get_slot(svc.settings.pipeline).updated_at
+    now = workflow.utcnow()
+    assert poll.poll_run(svc, promoted, actor="poll/1", now=now, slot_since=since).action == "in_progress"
+    assert run_of(svc, promoted).status == R.WAITING and jobs(fresh_emulator) == []
+    # The promoting instance died: once its claim would have lapsed, a poll starts the run.
+    later = since + workflow.LEASE + dt.timedelta(seconds=1)
+    assert poll.poll_run(svc, promoted, actor="poll/2", now=later, slot_since=since).status == R.RUNNING
+    assert len(jobs(fresh_emulator)) == 1
 
 
 def test_an_older_upload_delivered_late_is_superseded_by_the_active_run(svc, fresh_emulator):
