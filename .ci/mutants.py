@@ -1,7 +1,8 @@
 """Does the chaos suite catch a broken build? Each mutant removes one ETag condition (the guards the
 at-least-once design rests on) in a scratch copy of the repo; the chaos suite must fail on every one.
 
-    .venv/bin/python .ci/mutants.py            # CHAOS_SCENARIOS (default 8) scenarios per mutant
+    .venv/bin/python .ci/mutants.py [word ...]   # only mutants whose name has a word; CHAOS_SCENARIOS
+                                                 # (default 8) scenarios per mutant
 
 Not part of CI (a killed mutant costs up to a minute of "did not settle"); run it after changing the
 chaos suite or the store. Exit status 1 if any mutant survives.
@@ -62,7 +63,8 @@ def main() -> int:
     files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
     env = {**os.environ, "CHAOS_SCENARIOS": os.environ.get("CHAOS_SCENARIOS", "8")}
     survivors = []
-    for name, file, old, new in MUTANTS:
+    chosen = [m for m in MUTANTS if not sys.argv[1:] or any(word in m[0] for word in sys.argv[1:])]
+    for name, file, old, new in chosen:
         with tempfile.TemporaryDirectory(prefix="mutant-") as scratch:
             copy = Path(scratch)
             for f in files:

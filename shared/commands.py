@@ -114,7 +114,7 @@ def handle(svc, raw: bytes, *, message_id: str, dequeue_count: int, actor: str) 
 
 def _handle(svc, body, problem, key: str, fields: dict, now, *, dequeue_count: int, actor: str) -> str:
     message_id = fields["message_id"]
-    state, record = svc.commands.claim(key, fields, LEASE, now)
+    state, record = svc.commands.claim(key, fields, LEASE, now, dequeue_count)
     if state == "done":
         log.info(
             "command %s: duplicate of an earlier %s request (%s), not carried out again",
@@ -124,6 +124,11 @@ def _handle(svc, body, problem, key: str, fields: dict, now, *, dequeue_count: i
         )
         return f"duplicate: {key} was already {record.get('status')}"
     if state == "busy":
+        if dequeue_count >= max_dequeue_count():
+            # Another message with this request_id is being carried out: that delivery owns the request
+            # (and is retried on its own if it fails), so this duplicate is done, not poisoned.
+            log.info("command %s: duplicate of %s, which another delivery is carrying out", message_id, key)
+            return f"duplicate: {key} is being carried out by another delivery"
         raise RetryLater(f"{key} is being carried out by another delivery")
     if problem is not None:
         return _reject(svc, key, problem, fields, dequeue_count)

@@ -295,9 +295,15 @@ class CommandLog:
     def __init__(self, table: TableClient) -> None:
         self.table = table
 
-    def claim(self, key: str, fields: dict, lease: dt.timedelta, now: dt.datetime) -> tuple[str, dict]:
+    def claim(
+        self, key: str, fields: dict, lease: dt.timedelta, now: dt.datetime, dequeue_count: int = 1
+    ) -> tuple[str, dict]:
         """``("claimed", entity)``, or ``("done", entity)`` if already finished, or ``("busy", entity)``
-        if another delivery is carrying it out right now."""
+        if another delivery is carrying it out right now.
+
+        A later delivery of the *same* message takes over at once: the queue hands a message out again
+        only once its earlier delivery stopped holding it (the host renews a running one's visibility),
+        so that delivery died mid-way and its lease would only make the retries run out."""
         entity = {
             "PartitionKey": COMMANDS_PARTITION,
             "RowKey": key,
@@ -308,6 +314,7 @@ class CommandLog:
             "lease_until": now + lease,
             "deliveries": 1,
             "duplicates": 0,
+            "dequeue_count": dequeue_count,
             **{k: v for k, v in fields.items() if v is not None},
         }
         for _ in range(MAX_CONFLICT_RETRIES):
@@ -331,9 +338,18 @@ class CommandLog:
                     )
                 return "done", record
             lease_until = record.get("lease_until")
-            if lease_until and lease_until > now:
+            redelivered = record.get("message_id") == fields.get("message_id") and dequeue_count > int(
+                record.get("dequeue_count") or 0
+            )
+            if lease_until and lease_until > now and not redelivered:
                 return "busy", record
-            record.update(lease_until=now + lease, updated_at=now, deliveries=int(record.get("deliveries") or 0) + 1)
+            record.update(
+                lease_until=now + lease,
+                updated_at=now,
+                deliveries=int(record.get("deliveries") or 0) + 1,
+                message_id=fields.get("message_id"),
+                dequeue_count=dequeue_count,
+            )
             try:
                 meta = self.table.update_entity(
                     record, mode=UpdateMode.REPLACE, etag=etag, match_condition=MatchConditions.IfNotModified

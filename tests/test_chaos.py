@@ -65,6 +65,8 @@ class Chaos:
         self.owed: list = []  # blob deliveries that failed and that the host will retry
         self.sent: set[str] = set()  # idempotency keys of the commands sent
         self.unexpected: list[str] = []  # exceptions a trigger should never raise (the host would retry them)
+        self.carried_out: collections.Counter = collections.Counter()  # request key -> times carried out
+        self.lock = threading.Lock()
         self.counter = 0
 
     def deliver_blob(self, blob, actor: str) -> None:
@@ -123,24 +125,35 @@ class Chaos:
         together([threading.Thread(target=one, args=(i,)) for i in range(2)])
 
     def pump(self, visibility: int = 1) -> int:
-        """Deliver queued commands, shuffled, some twice; failures come back after ``visibility``."""
+        """Deliver queued commands at once (as several instances would), shuffled, some twice;
+        failures come back after ``visibility``."""
         queue = self.svc.storage.queue(self.svc.settings.commands_queue)
         messages = list(queue.receive_messages(max_messages=8, visibility_timeout=max(visibility, 1)))
-        self.rng.shuffle(messages)
         failed: list[str] = []
+        deliveries = [m for m in messages for _ in range(self.rng.choice([1, 1, 2]))]
+        self.rng.shuffle(deliveries)
+        together([threading.Thread(target=self.deliver_command, args=(m, failed)) for m in deliveries])
         for message in messages:
-            for _ in range(self.rng.choice([1, 1, 2])):
-                with self.retried(functools.partial(failed.append, message.id)):
-                    commands.handle(
-                        self.svc,
-                        message.content.encode(),
-                        message_id=message.id,
-                        dequeue_count=message.dequeue_count,
-                        actor=f"queue/{message.id}",
-                    )
             if message.id not in failed or message.dequeue_count >= commands.max_dequeue_count():
                 queue.delete_message(message)  # done, or poisoned by the host
         return len(messages)
+
+    def deliver_command(self, message, failed: list[str]) -> None:
+        with self.retried(functools.partial(failed.append, message.id)):
+            result = commands.handle(
+                self.svc,
+                message.content.encode(),
+                message_id=message.id,
+                dequeue_count=message.dequeue_count,
+                actor=f"queue/{message.id}",
+            )
+            if not result.startswith("duplicate"):
+                try:
+                    key = commands.request_key(json.loads(message.content), message.id)
+                except ValueError:
+                    key = commands.request_key(None, message.id)
+                with self.lock:
+                    self.carried_out[key] += 1
 
     def command(self) -> None:
         runs = list(self.svc.store.list_runs(self.svc.settings.pipeline))
@@ -193,6 +206,8 @@ def check_invariants(chaos: Chaos, logs: str) -> None:
     log = {entry["RowKey"]: entry["status"] for entry in svc.commands.list()}
     assert chaos.sent <= log.keys(), chaos.sent - log.keys()
     assert all(status in (DONE, REJECTED, FAILED) for status in log.values()), log
+    # The same request is carried out once.
+    assert all(n == 1 for n in chaos.carried_out.values()), chaos.carried_out
     for run in runs:
         # Its history is complete and ordered: a chain of allowed moves from Requested to where it is.
         moves = [h for h in run.history if "to" in h]

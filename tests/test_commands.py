@@ -185,3 +185,24 @@ def test_a_blob_name_that_looks_like_a_url_is_only_a_name_in_the_training_contai
     source = job["request"]["Inputs"]["input1"]
     assert source["RelativeLocation"] == f"{loop.settings.training_container}/{name}"
     assert source["BaseLocation"] == loop.storage.blob_base_location
+
+
+def test_a_delivery_that_died_mid_way_is_taken_over_by_the_next_delivery_of_that_message(loop, fresh_emulator):
+    # GIVEN a delivery of message m-1 that claimed its request and then died (its host was stopped)
+    upload(loop, "march.csv", GOOD)
+    body = {"type": "retrain", "version": 1, "blob": "march.csv", "request_id": "erp-7"}
+    now = commands.utcnow()
+    fields = {"message_id": "m-1", "raw": "{}", "by": "queue/m-1", "type": "retrain"}
+    assert loop.commands.claim("req:erp-7", fields, commands.LEASE, now, 1)[0] == "claimed"
+    # WHEN another message with the same request_id arrives meanwhile, it waits for the holder...
+    with pytest.raises(commands.RetryLater):
+        send(loop, body, "m-2", attempt=1)
+    # ...and on its last delivery it is consumed as a duplicate, not poisoned
+    assert send(loop, body, "m-2", attempt=commands.max_dequeue_count()).startswith("duplicate:")
+    assert jobs(fresh_emulator) == []
+    # WHEN the queue hands m-1 out again (it does so only once the dead delivery stopped holding it)
+    result = send(loop, body, "m-1", attempt=2)
+    # THEN it is carried out at once, not after the dead delivery's lease
+    assert "started" in result and len(jobs(fresh_emulator)) == 1
+    entry = record(loop, "req:erp-7")
+    assert (entry["status"], entry["deliveries"], entry["dequeue_count"]) == (DONE, 2, 2)
