@@ -120,6 +120,10 @@ class Azurite:
             self._tmp.cleanup()
             self._tmp = None
 
+    def halt(self) -> None:
+        """Stop the process, keeping its data on disk: ``start()`` brings it back on the same ports."""
+        _stop(self.process)
+
 
 @dataclass
 class EmulatorProcess:

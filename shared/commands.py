@@ -20,6 +20,8 @@ import logging
 import re
 from pathlib import Path
 
+from azure.core.exceptions import AzureError
+
 from shared import deploy, telemetry
 from shared.deploy import CommandRejected
 from shared.http import ServiceError
@@ -136,7 +138,7 @@ def _handle(svc, body, problem, key: str, fields: dict, now, *, dequeue_count: i
         result = _execute(svc, body, actor=actor, attempt=dequeue_count, max_attempts=max_dequeue_count())
     except CommandRejected as exc:
         return _reject(svc, key, exc, fields, dequeue_count)
-    except (ServiceError, StaleError, deploy.DeployError) as exc:
+    except (ServiceError, StaleError, deploy.DeployError, AzureError) as exc:  # AzureError: our own storage
         reason = redact(str(exc))
         if dequeue_count >= max_dequeue_count():
             svc.commands.finish(
