@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-from concurrent.futures import ThreadPoolExecutor
 
 from shared import gate, telemetry
 from shared import runs as R
@@ -36,16 +35,15 @@ COMMAND_VERSION = 1
 
 
 def poll(svc: Services, *, actor: str, now: dt.datetime | None = None) -> list[Outcome]:
-    """Check every active run once; return what happened to each."""
+    """Check the active run once (and start a held upload once quiet); return what happened."""
     slot = svc.store.get_slot(svc.settings.pipeline)
     if not slot.active_run:
         # Only a held upload (DEBOUNCE_SECONDS) waits while the slot is free: start it once quiet.
         started = start_quiet_waiter(svc, actor, now) if slot.waiting_run else None
         return [started] if started else []
-    run_ids = [slot.active_run]
-    workers = min(svc.settings.poll_concurrency, len(run_ids))
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="poll") as pool:
-        return list(pool.map(lambda run_id: _poll_safely(svc, run_id, actor, now, slot.updated_at), run_ids))
+    # One training at a time per pipeline: the slot names the only run to check, so cost does not grow
+    # with history (no query over runs at all).
+    return [_poll_safely(svc, slot.active_run, actor, now, slot.updated_at)]
 
 
 def _poll_safely(svc: Services, run_id: str, actor: str, now: dt.datetime | None, since: dt.datetime | None) -> Outcome:

@@ -105,7 +105,6 @@ class Settings:
     training_blob_source: str = "EventGrid"
     storage_identity: StorageIdentity | None = None
     poll_schedule: str = "0 */1 * * * *"
-    poll_concurrency: int = 8
     resubmit_failed_jobs: bool = False
     gate_metric: str = "AUC"
     gate_min: float | None = None
@@ -263,7 +262,6 @@ class Settings:
             http_retries=integer("HTTP_RETRIES", 4, 0, 10),
             training_blob_source=source,
             poll_schedule=schedule,
-            poll_concurrency=integer("POLL_CONCURRENCY", 8, 1, 64),
             resubmit_failed_jobs=flag("RESUBMIT_FAILED_JOBS", False),
             gate_metric=get("GATE_METRIC", "AUC"),
             gate_min=number("GATE_MIN", None, -1e9, 1e9),

@@ -150,7 +150,6 @@ def test_bad_deploy_targets_are_refused_with_a_reason(targets, expected):
         ("COMMANDS_QUEUE", "x" * 57),
         ("GATE_MIN", "high"),
         ("RESUBMIT_FAILED_JOBS", "maybe"),
-        ("POLL_CONCURRENCY", "0"),
     ],
 )
 def test_poll_gate_and_queue_settings_are_validated(name, value):
