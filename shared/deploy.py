@@ -302,14 +302,14 @@ def _deploy_run(
         results[name] = {"status": status, "reason": outcome.reason, "attempt": attempt}
         if force_reason is not None:
             results[name]["forced"] = force_reason
-    run = _record_targets(svc, run_id, results, names, actor)
+    run = _record_targets(svc, run, results, names, actor)
     if retry:
         reasons = "; ".join(f"{name}: {results[name]['reason']}" for name in retry)
         raise DeployError(f"run {run_id}: {reasons}", operation="to targets", code="Retry", transient=True)
     return run
 
 
-def _record_targets(svc, run_id: str, results: dict[str, dict], names: list[str], actor: str) -> Run:
+def _record_targets(svc, run: Run, results: dict[str, dict], names: list[str], actor: str) -> Run:
     def change(current: Run) -> bool:
         now = R._iso(utcnow())
         for name, result in results.items():
@@ -328,7 +328,7 @@ def _record_targets(svc, run_id: str, results: dict[str, dict], names: list[str]
             )
         return bool(results) or current.status == R.APPROVED
 
-    return svc.store.update(svc.settings.pipeline, run_id, change)
+    return svc.store.update(svc.settings.pipeline, run.run_id, change, held=run)
 
 
 def rollback(svc, target_name: str, to_run: str | None, *, actor: str) -> PutResult:

@@ -233,7 +233,7 @@ def _judge(svc: Services, run: Run, actor: str, results: dict) -> Outcome:
         judged.append(True)
         return True
 
-    current = svc.store.update(run.pipeline, run.run_id, change)
+    current = svc.store.update(run.pipeline, run.run_id, change, held=run)
     if not judged:
         return Outcome(run.run_id, current.status, "duplicate")  # another poll judged it
     log.info("run %s: %s (%s)", run.run_id, status, reason)
@@ -279,7 +279,11 @@ def hand_off(svc: Services, run: Run, actor: str) -> Outcome:
         claimed.append(True)
         return True
 
-    current = svc.store.update(run.pipeline, run.run_id, claim)
+    if run.lease_owner == actor and not run.lease_free(now):
+        current = run  # this poll judged it and holds its lease: claimed already
+        claimed.append(True)
+    else:
+        current = svc.store.update(run.pipeline, run.run_id, claim)
     if not claimed:
         return Outcome(run.run_id, current.status, "in_progress")
     svc.storage.queue(svc.settings.commands_queue).send_message(json.dumps(deploy_command(current)))
@@ -296,6 +300,6 @@ def hand_off(svc: Services, run: Run, actor: str) -> Outcome:
         )
         return True
 
-    current = svc.store.update(run.pipeline, run.run_id, change)
+    current = svc.store.update(run.pipeline, run.run_id, change, held=current)
     advance_pipeline(svc, run.run_id, actor)
     return Outcome(run.run_id, current.status, "approved")

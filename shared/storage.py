@@ -61,6 +61,7 @@ class Storage:
         self._connection_string = connection_string
         self._identity, self._credential = identity, credential
         self._queues: dict = {}
+        self._containers: set[str] = set()
         self._delegation_key = None
         if connection_string:
             parts = parse_connection_string(connection_string)
@@ -95,8 +96,12 @@ class Storage:
         return blob_ref_from_properties(container, name, props)
 
     def ensure_container(self, name: str) -> None:
+        """Create the container unless this process did (or found it) already."""
+        if name in self._containers:
+            return
         with contextlib.suppress(ResourceExistsError):
             self.blobs.create_container(name)
+        self._containers.add(name)
 
     def blob_url(self, container: str, name: str) -> str:
         """The blob's plain URL (no SAS), path-encoded."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import copy
 import datetime as dt
 import json
 from collections.abc import Callable, Iterator
@@ -105,11 +106,18 @@ class RunStore:
         run.etag = meta["etag"]
         return run
 
-    def update(self, pipeline: str, run_id: str, change: Callable[[Run], bool]) -> Run | None:
+    def update(self, pipeline: str, run_id: str, change: Callable[[Run], bool], held: Run | None = None) -> Run | None:
         """Read-modify-write until it sticks: ``change`` edits a fresh copy and returns whether to save.
 
-        Returns the run as stored afterwards (``None`` if it does not exist).
+        ``held``: a copy the caller just read or saved. It is tried first, saving a read; its save is
+        ETag-conditional, so it sticks only if it was still the latest. If ``change`` declines it, the
+        decision is taken again on a fresh read. Returns the run as stored afterwards (``None`` if none).
         """
+        if held is not None and held.etag is not None:
+            attempt = copy.deepcopy(held)
+            if change(attempt):
+                with contextlib.suppress(StaleError):
+                    return self.save(attempt)
         for _ in range(MAX_CONFLICT_RETRIES):
             run = self.get(pipeline, run_id)
             if run is None or not change(run):

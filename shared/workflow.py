@@ -416,7 +416,7 @@ def _submit(svc: Services, run: Run, actor: str) -> Outcome:
         )
         return True
 
-    current = svc.store.update(run.pipeline, run.run_id, change)
+    current = svc.store.update(run.pipeline, run.run_id, change, held=run)
     with telemetry.bind(job_id=run.job_id):
         log.info("run %s: BES job %s started", run.run_id, run.job_id)
     telemetry.count("runs.started", pipeline=run.pipeline, source=run.source)
