@@ -5,6 +5,7 @@
 #   ./dev.sh test       the test suite (starts its own Azurite and emulator on free ports)
 #   ./dev.sh lint       ruff
 #   ./dev.sh emulator   the Azure ML emulator alone (python -m emulator --help)
+#   ./dev.sh bench      the benchmarks: JSON to stdout and bench/results/latest.json (python -m bench --help)
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -45,5 +46,6 @@ case "$command" in
   test) setup; browser; exec .venv/bin/python -m pytest "$@" ;;
   lint) setup; .venv/bin/ruff check . && .venv/bin/ruff format --check . ;;
   emulator) setup; exec .venv/bin/python -m emulator "$@" ;;
-  *) echo "usage: ./dev.sh demo|test|lint|emulator [args]" >&2; exit 2 ;;
+  bench) setup; exec .venv/bin/python -m bench "$@" ;;
+  *) echo "usage: ./dev.sh demo|test|lint|emulator|bench [args]" >&2; exit 2 ;;
 esac

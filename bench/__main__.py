@@ -1,0 +1,508 @@
+"""Benchmarks: each figure measured beside its baseline in the same run, printed as JSON and written to
+bench/results/latest.json. Not part of the test run.
+
+    ./dev.sh bench                      every figure (about two minutes; the 1 GB blob needs 1 GB of disk)
+    ./dev.sh bench requests burst       only the figures named
+    ./dev.sh bench --large-mb 256       a smaller "large" blob for the memory figure
+
+Azurite and the Azure ML emulator are started on free ports, as in the tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import datetime as dt
+import json
+import os
+import platform
+import random
+import secrets
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results" / "latest.json"
+sys.path.insert(0, str(ROOT))
+
+from emulator import sample_data  # noqa: E402
+from localdev.services import Azurite, EmulatorProcess  # noqa: E402
+
+API_KEY = secrets.token_urlsafe(32)  # a throwaway key for the local emulator
+SMALL = sample_data.generate(300, seed=1).encode()
+
+
+class Lab:
+    """Azurite, the emulator, and fresh app settings (own containers, table, queue) per figure."""
+
+    def __init__(self) -> None:
+        self.azurite = Azurite().start()
+        self.emulator = EmulatorProcess(
+            api_key=API_KEY, job_seconds=0.2, storage_connection_string=self.azurite.connection_string
+        ).start()
+        self.emulator.admin("POST", "config", {"lro_seconds": 0.05})
+
+    def env(self, **extra: str) -> dict[str, str]:
+        uid = uuid.uuid4().hex[:10]
+        info = self.emulator.info
+        return {
+            "AzureWebJobsStorage": self.azurite.connection_string,
+            "BES_JOBS_URL": info["bes_jobs_url"],
+            "BES_API_KEY": API_KEY,
+            "TRAINING_CONTAINER": f"train-{uid}",
+            "MODELS_CONTAINER": f"models-{uid}",
+            "RUNS_TABLE": f"runs{uid}",
+            "COMMANDS_QUEUE": f"commands-{uid}",
+            "TRAINING_BLOB_SOURCE": "LogsAndContainerScan",
+            "POLL_SCHEDULE": "0 * * * * *",
+            "DEPLOY_TARGETS": json.dumps(self.emulator.deploy_targets(API_KEY)),
+            "ARM_POLL_SECONDS": "0.05",
+            "IDENTITY_ENDPOINT": info["identity_endpoint"],
+            "IDENTITY_HEADER": info["identity_header"],
+            **extra,
+        }
+
+    def services(self, env: dict[str, str]):
+        """The app's services for ``env``, which also becomes the process environment (as in the worker)."""
+        from shared import settings, workflow
+
+        os.environ.update(env)
+        settings.get_settings.cache_clear()
+        workflow.get_services.cache_clear()
+        svc = workflow.get_services()
+        svc.storage.ensure_container(env["TRAINING_CONTAINER"])
+        return svc
+
+    def upload(self, env: dict[str, str], name: str, data: bytes = SMALL):
+        from azure.storage.blob import BlobClient
+
+        client = BlobClient.from_connection_string(env["AzureWebJobsStorage"], env["TRAINING_CONTAINER"], name)
+        client.upload_blob(data, overwrite=True)
+        return client
+
+    def job_seconds(self, seconds: float) -> None:
+        self.emulator.admin("POST", "config", {"job_seconds": seconds})
+
+    def wait_jobs_ended(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while any(j["status"] in ("NotStarted", "Running") for j in self.emulator.admin("GET", "jobs")):
+            if time.monotonic() > deadline:
+                raise RuntimeError("emulated jobs did not end")
+            time.sleep(0.05)
+
+    def ml_requests(self, since: float) -> collections.Counter:
+        """Requests the emulator served since ``since``, by route (server side, so nothing is missed)."""
+        return collections.Counter(r["route"] for r in self.emulator.admin("GET", "requests") if r["at"] >= since)
+
+    def stop(self) -> None:
+        self.emulator.stop()
+        self.azurite.stop()
+
+
+@contextlib.contextmanager
+def storage_requests(lab: Lab):
+    """Count every HTTP request this process sends to Azurite, by service and method. The Azure SDKs send
+    through ``requests`` (azure-core's default transport), so one hook sees them all, retries included."""
+    ports = {lab.azurite.blob_port: "blob", lab.azurite.queue_port: "queue", lab.azurite.table_port: "table"}
+    counts: collections.Counter = collections.Counter()
+    original = requests.Session.send
+
+    def send(session, request, **kwargs):
+        service = ports.get(urlsplit(request.url).port)
+        if service:
+            counts[f"{service} {request.method}"] += 1
+        return original(session, request, **kwargs)
+
+    requests.Session.send = send
+    try:
+        yield counts
+    finally:
+        requests.Session.send = original
+
+
+def child(mode: str, env: dict[str, str], blob: str) -> dict:
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.child", mode, blob],
+        cwd=ROOT,
+        env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode:
+        raise RuntimeError(f"bench.child {mode} failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+# --- figures -------------------------------------------------------------------------------------------
+
+
+def cold_start(lab: Lab, repeats: int = 5) -> dict:
+    """Fresh interpreter: import function_app and run the first blob-trigger invocation, against a script
+    that makes the same service calls directly. Each sample uses its own table (a first run)."""
+    lab.job_seconds(0.2)
+    samples: dict[str, list[dict]] = {"app": [], "baseline": []}
+    for i in range(repeats):
+        for mode in ("baseline", "app"):
+            env = lab.env()
+            lab.services(env)
+            lab.upload(env, f"cold-{i}.csv")
+            samples[mode].append(child(mode, env, f"cold-{i}.csv"))
+
+    def median(mode: str, key: str) -> float:
+        return round(statistics.median(s[key] for s in samples[mode]), 4)
+
+    figure = {
+        mode: {key: median(mode, key) for key in ("import_s", "first_invocation_s", "total_s")} for mode in samples
+    }
+    figure["ratio_total"] = round(figure["app"]["total_s"] / figure["baseline"]["total_s"], 2)
+    floor = [child("host", lab.env(), "-")["import_s"] for _ in range(repeats)]
+    figure["host_library_import_s"] = round(statistics.median(floor), 4)
+    figure["repeats"] = repeats
+    return figure
+
+
+def requests_per_cycle(lab: Lab) -> dict:
+    """Every HTTP request from upload to verified deploy on both targets, against the protocol minimum.
+    Two cycles: the first also creates the table, queue and containers; the second is the steady state."""
+    from azure.functions.queue import QueueMessage
+    from azure.functions.timer import TimerRequest
+
+    import function_app
+    from localdev.runner import LocalContext
+
+    env = lab.env()
+    svc = lab.services(env)
+    lab.job_seconds(0.2)
+    handler = {f.get_function_name(): f.get_user_function() for f in (t.build() for t in _functions(function_app))}
+    queue = svc.storage.queue(env["COMMANDS_QUEUE"])
+    cycles = []
+    for i, data in enumerate(
+        (sample_data.generate(800, seed=21, label_noise=0.15), sample_data.generate(1600, seed=22))
+    ):
+        blob = lab.upload(env, f"cycle-{i}.csv", data.encode())
+        since = time.time()
+        with storage_requests(lab) as storage:
+            handler["retrain_on_upload"](blob=blob, context=LocalContext("retrain_on_upload"))
+            lab.wait_jobs_ended()
+            handler["poll_runs"](timer=TimerRequest(past_due=False), context=LocalContext("poll_runs"))
+            with storage_requests(lab) as host:  # what the Functions host does, not the app: receive, delete
+                [message] = list(queue.receive_messages(max_messages=1))
+            argument = QueueMessage(id=message.id, body=message.content.encode(), dequeue_count=1)
+            handler["run_command"](msg=argument, context=LocalContext("run_command"))
+            with storage_requests(lab) as deleted:
+                queue.delete_message(message)
+            host.update(deleted)
+        run = next(iter(svc.store.list_runs("default")))
+        assert run.status == "Deployed", (run.status, run.history)
+        ml = lab.ml_requests(since)
+        app_storage = storage - host
+        cycles.append(
+            {
+                "azure_ml": dict(sorted(ml.items())),
+                "azure_ml_total": sum(ml.values()),
+                "storage_by_app": dict(sorted(app_storage.items())),
+                "storage_by_app_total": sum(app_storage.values()),
+                "storage_by_host": dict(host),
+            }
+        )
+    minimum_ml = {
+        "bes.submit": 1,
+        "bes.start": 1,
+        "bes.status": 1,
+        "classic.patch": 1,
+        "classic.endpoint (verify)": 1,
+        "arm.get (definition)": 1,
+        "arm.patch": 1,
+        "arm.operation (LRO status)": 1,
+        "arm.get (verify)": 1,
+    }
+    minimum_storage = {
+        "blob: input properties, evaluation CSV": 2,
+        "table: run recorded, Running, judged, Deploying, Deployed": 5,
+        "table: live model per target": 2,
+        "queue: deploy command": 1,
+    }
+    steady = cycles[-1]
+    return {
+        "first_cycle": cycles[0],
+        "steady_cycle": steady,
+        "protocol_minimum_azure_ml": minimum_ml,
+        "protocol_minimum_azure_ml_total": sum(minimum_ml.values()),
+        "design_minimum_storage": minimum_storage,
+        "design_minimum_storage_total": sum(minimum_storage.values()),
+        "ratio_azure_ml": round(steady["azure_ml_total"] / sum(minimum_ml.values()), 2),
+        "ratio_storage": round(steady["storage_by_app_total"] / sum(minimum_storage.values()), 2),
+        "note": "identity token requests are cached per process (one per hour); the first cycle also creates "
+        "the table, queue and containers",
+    }
+
+
+def _functions(function_app) -> list:
+    return [function_app.retrain_on_upload, function_app.poll_runs, function_app.run_command]
+
+
+def poll_cost(lab: Lab, history: int = 10_000, polls: int = 30) -> dict:
+    """One poll while a run is active, with 0 and with ``history`` finished runs in the same table partition."""
+    from shared import poll, workflow
+
+    lab.job_seconds(600)  # the active run stays Running throughout
+    figure = {}
+    for label, finished in (("empty", 0), ("with_history", history)):
+        env = lab.env()
+        svc = lab.services(env)
+        _seed_finished_runs(svc, finished)
+        blob = lab.upload(env, "active.csv")
+        workflow.start_run_for_blob(
+            svc, svc.storage.blob_ref(env["TRAINING_CONTAINER"], "active.csv"), source="blob", actor="bench"
+        )
+        del blob
+        timings = []
+        with storage_requests(lab) as storage:
+            for _ in range(polls):
+                started = time.perf_counter()
+                [outcome] = poll.poll(svc, actor="bench")
+                timings.append(time.perf_counter() - started)
+                assert outcome.action == "running", outcome
+        figure[label] = {
+            "finished_runs": finished,
+            "median_ms": round(statistics.median(timings) * 1000, 2),
+            "p90_ms": round(sorted(timings)[int(len(timings) * 0.9)] * 1000, 2),
+            "storage_requests_per_poll": sum(storage.values()) / polls,
+        }
+    lab.emulator.admin("DELETE", "faults")
+    figure["ratio"] = round(figure["with_history"]["median_ms"] / figure["empty"]["median_ms"], 2)
+    figure["polls"] = polls
+    return figure
+
+
+def _seed_finished_runs(svc, count: int) -> None:
+    """``count`` realistic finished runs (history, metrics, targets) written in 100-entity transactions."""
+    from shared import runs as R
+    from shared.storage import BlobRef
+
+    if not count:
+        return
+    started = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
+    entities = []
+    for i in range(count):
+        at = started + dt.timedelta(minutes=i)
+        ref = BlobRef(container="train", name=f"old-{i}.csv", etag=f"0x{i:016X}", size=4096, last_modified=at)
+        run = R.Run.for_blob("default", ref, "blob", "bench", at)
+        for to in (R.SUBMITTED, R.RUNNING, R.APPROVED, R.DEPLOYING, R.DEPLOYED):
+            run.transition(to, by="bench", reason=f"seeded: {to}", now=at)
+        run.metrics = {"AUC": 0.8, "Accuracy": 0.75}
+        run.targets = {"classic": {"status": "Deployed"}, "arm": {"status": "Deployed"}}
+        entities.append(run.to_entity())
+    batches = [entities[i : i + 100] for i in range(0, len(entities), 100)]
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda batch: svc.store.table.submit_transaction([("create", e) for e in batch]), batches))
+
+
+def poll_concurrency(lab: Lab) -> dict:
+    """Not applicable as specified (200 active jobs): one training per pipeline, so a poll checks one job.
+    Measured instead: one poll with 100 ms of emulator latency, against that latency."""
+    from shared import poll, workflow
+
+    lab.job_seconds(600)
+    env = lab.env()
+    svc = lab.services(env)
+    lab.upload(env, "active.csv")
+    workflow.start_run_for_blob(
+        svc, svc.storage.blob_ref(env["TRAINING_CONTAINER"], "active.csv"), source="blob", actor="bench"
+    )
+    timings = []
+    for _ in range(10):
+        lab.emulator.admin("POST", "faults", {"route": "bes.status", "delay": 0.1, "times": 1})
+        started = time.perf_counter()
+        poll.poll(svc, actor="bench")
+        timings.append(time.perf_counter() - started)
+    lab.emulator.admin("DELETE", "faults")
+    wall = statistics.median(timings)
+    return {
+        "applicable": False,
+        "why": "the app keeps one training per pipeline (newer uploads wait and coalesce), so there are never "
+        "200 active jobs to poll; the poll reads the pipeline's slot and checks its one job",
+        "one_poll_with_100ms_latency_ms": round(wall * 1000, 1),
+        "latency_floor_ms": 100.0,
+        "ratio_to_floor": round(wall / 0.1, 2),
+    }
+
+
+def burst(lab: Lab, uploads: int = 1000, duplicates: int = 200) -> dict:
+    """``uploads`` new blobs delivered at once (plus ``duplicates`` repeated deliveries, shuffled) to one
+    instance's worker threads, as the blob trigger would run them; failures are redelivered until done."""
+    from azure.core.exceptions import AzureError
+
+    from shared import workflow
+    from shared.http import ServiceError
+
+    lab.job_seconds(600)
+    env = lab.env()
+    svc = lab.services(env)
+    names = [f"burst/{i:04d}.csv" for i in range(uploads)]
+    with ThreadPoolExecutor(32) as pool:
+        list(pool.map(lambda name: lab.upload(env, name), names))
+    rng = random.Random(7)
+    deliveries = names + [rng.choice(names) for _ in range(duplicates)]
+    rng.shuffle(deliveries)
+    outcomes: collections.Counter = collections.Counter()
+    redelivered = collections.Counter()
+    workers = min(32, (os.cpu_count() or 1) + 4)  # the Python worker's default thread pool size
+
+    def deliver(name: str) -> None:
+        while True:
+            try:
+                ref = svc.storage.blob_ref(env["TRAINING_CONTAINER"], name)
+                outcomes[workflow.start_run_for_blob(svc, ref, source="blob", actor="bench").action] += 1
+                return
+            except (workflow.RetryLater, ServiceError, AzureError, workflow.StaleError) as exc:
+                redelivered[type(exc).__name__] += 1  # the host retries a failed invocation
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(deliver, deliveries))
+    wall = time.perf_counter() - started
+    statuses = collections.Counter(r.status for r in svc.store.list_runs("default"))
+    jobs = [
+        j
+        for j in lab.emulator.admin("GET", "jobs")
+        if j["request"]["Inputs"]["input1"]["RelativeLocation"].startswith(env["TRAINING_CONTAINER"])
+    ]
+    return {
+        "deliveries": len(deliveries),
+        "distinct_uploads": uploads,
+        "worker_threads": workers,
+        "wall_s": round(wall, 2),
+        "deliveries_per_s": round(len(deliveries) / wall, 1),
+        "outcomes": dict(outcomes),
+        "redelivered_after_failure": dict(redelivered),
+        "runs_by_status": dict(statuses),
+        "bes_jobs_started": len(jobs),
+    }
+
+
+def memory(lab: Lab, large_mb: int = 1024) -> dict:
+    """Peak memory of the blob-trigger handler (fresh interpreter) for a 1 MB and a large blob."""
+    from azure.storage.blob import BlobClient
+
+    lab.job_seconds(0.2)
+    figure = {}
+    for label, megabytes in (("1MB", 1), (f"{large_mb}MB", large_mb)):
+        env = lab.env()
+        lab.services(env)
+        name = f"big-{megabytes}.csv"
+        client = BlobClient.from_connection_string(env["AzureWebJobsStorage"], env["TRAINING_CONTAINER"], name)
+        started = time.perf_counter()
+        client.upload_blob(_csv_stream(megabytes * 1024 * 1024), overwrite=True, max_concurrency=4)
+        uploaded = time.perf_counter() - started
+        figure[label] = {
+            **child("memory", env, name),
+            "blob_bytes": client.get_blob_properties().size,
+            "upload_s": round(uploaded, 1),
+        }
+        client.delete_blob()
+    small, large = figure["1MB"], figure[f"{large_mb}MB"]
+    figure["ratio_handler_peak"] = round(large["handler_peak_python_bytes"] / small["handler_peak_python_bytes"], 2)
+    figure["ratio_process_peak_rss"] = round(large["process_peak_rss_bytes"] / small["process_peak_rss_bytes"], 2)
+    return figure
+
+
+def _csv_stream(size: int):
+    """``size`` bytes of training CSV, generated in chunks (the benchmark itself must not hold 1 GB)."""
+    chunk = sample_data.generate(20_000, seed=3).encode()
+    header, rows = chunk.split(b"\n", 1)
+    yield header + b"\n"
+    sent = len(header) + 1
+    while sent < size:
+        part = rows[: size - sent]
+        yield part
+        sent += len(part)
+
+
+FIGURES = {
+    "cold_start": cold_start,
+    "requests": requests_per_cycle,
+    "poll_cost": poll_cost,
+    "poll_concurrency": poll_concurrency,
+    "burst": burst,
+    "memory": memory,
+}
+
+
+def machine() -> dict:
+    cpu = (
+        next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            platform.processor(),
+        )
+        if Path("/proc/cpuinfo").exists()
+        else platform.processor()
+    )
+    memory_kib = (
+        next(
+            (
+                int(line.split()[1])
+                for line in Path("/proc/meminfo").read_text().splitlines()
+                if line.startswith("MemTotal")
+            ),
+            0,
+        )
+        if Path("/proc/meminfo").exists()
+        else 0
+    )
+    return {
+        "cpu": cpu,
+        "cpus": os.cpu_count(),
+        "memory_gib": round(memory_kib / 1024 / 1024, 1),
+        "os": platform.platform(),
+        "python": platform.python_version(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="./dev.sh bench", description=__doc__.splitlines()[0])
+    parser.add_argument("figures", nargs="*", help=f"figures to take: {', '.join(FIGURES)} (default: all)")
+    parser.add_argument("--large-mb", type=int, default=1024, help="size of the large blob for the memory figure")
+    args = parser.parse_args(argv)
+    import logging
+
+    logging.basicConfig(level=logging.ERROR)
+    chosen = args.figures or list(FIGURES)
+    unknown = set(chosen) - set(FIGURES)
+    if unknown:
+        parser.error(f"unknown figures: {', '.join(sorted(unknown))}")
+    lab = Lab()
+    results: dict = {"taken_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "machine": machine()}
+    try:
+        for name in chosen:
+            started = time.perf_counter()
+            print(f"bench: {name} ...", file=sys.stderr, flush=True)
+            kwargs = {"large_mb": args.large_mb} if name == "memory" else {}
+            results[name] = FIGURES[name](lab, **kwargs)
+            results[name]["took_s"] = round(time.perf_counter() - started, 1)
+    finally:
+        lab.stop()
+    text = json.dumps(results, indent=2)
+    if set(chosen) == set(FIGURES):
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
