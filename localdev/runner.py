@@ -181,6 +181,7 @@ class LocalHost:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # else the client's delayed ACK adds ~40 ms per keep-alive request
 
             def _serve(self) -> None:
                 parts = urlsplit(self.path)

@@ -157,7 +157,7 @@ class Run:
         if to not in TRANSITIONS[self.status]:
             raise InvalidTransition(f"run {self.run_id}: {self.status} -> {to} is not allowed")
         now = now or utcnow()
-        entry = {"at": _iso(now), "from": self.status, "to": to, "by": by, "reason": reason[:500]}
+        entry = {"at": self._stamp(now), "from": self.status, "to": to, "by": by, "reason": reason[:500]}
         self.status = to
         self.updated_at = now
         for name, value in changes.items():
@@ -177,7 +177,14 @@ class Run:
                 raise AttributeError(name)
             setattr(self, name, value)
         self.updated_at = now
-        self.history.append({"at": _iso(now), "event": reason[:500], "by": by})
+        self.history.append({"at": self._stamp(now), "event": reason[:500], "by": by})
+
+    def _stamp(self, now: dt.datetime) -> str:
+        """``now`` for a new history entry, never before the last one: a writer whose clock was read
+        before another's save (then retried on the ETag conflict) must not record the past."""
+        stamp = _iso(now)
+        last = self.history[-1]["at"] if self.history else ""
+        return max(stamp, last)
 
     def lease_free(self, now: dt.datetime) -> bool:
         return self.lease_until is None or self.lease_until <= now

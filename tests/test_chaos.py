@@ -174,6 +174,12 @@ class Chaos:
         sent = self.svc.storage.queue(self.svc.settings.commands_queue).send_message(json.dumps(body))
         self.sent.add(commands.request_key(body, sent.id))
 
+    def contend(self) -> None:
+        """Several commands sent at once and carried out together: deploys and rollbacks race for targets."""
+        for _ in range(self.rng.randint(2, 4)):
+            self.command()
+        self.pump()
+
     def settle(self, deadline: float) -> None:
         """Faults off; let the host retry what it owes and the timer and queue run until all is quiet."""
         self.emulator.admin("DELETE", "faults")
@@ -263,7 +269,7 @@ def test_random_scenario_keeps_every_invariant(seed, env, fresh_emulator, monkey
     chaos = Chaos(svc, fresh_emulator, rng)
     actions = (
         [chaos.upload] * 3
-        + [chaos.burst, chaos.redeliver, chaos.fault, chaos.fault, chaos.command]
+        + [chaos.burst, chaos.redeliver, chaos.fault, chaos.fault, chaos.command, chaos.contend]
         + [chaos.tick] * 3
         + [chaos.pump] * 2
     )
