@@ -175,9 +175,25 @@ class Chaos:
         self.sent.add(commands.request_key(body, sent.id))
 
     def contend(self) -> None:
-        """Several commands sent at once and carried out together: deploys and rollbacks race for targets."""
+        """Forced deploys and rollbacks for one target, sent at once and carried out together: they race
+        for the target (its lease, its live model)."""
+        target = self.rng.choice(["classic", "arm"])
+        trained = [r.run_id for r in self.svc.store.list_runs(self.svc.settings.pipeline) if r.outputs.get("model")]
+        queue = self.svc.storage.queue(self.svc.settings.commands_queue)
         for _ in range(self.rng.randint(2, 4)):
-            self.command()
+            if trained and self.rng.random() < 0.7:
+                run_id = self.rng.choice(trained)
+                body = {
+                    "type": "deploy",
+                    "version": 1,
+                    "run_id": run_id,
+                    "targets": [target],
+                    "force": True,
+                    "reason": "race",
+                }
+            else:
+                body = {"type": "rollback", "version": 1, "target": target}
+            self.sent.add(commands.request_key(body, queue.send_message(json.dumps(body)).id))
         self.pump()
 
     def settle(self, deadline: float) -> None:
@@ -246,6 +262,10 @@ def check_invariants(chaos: Chaos, logs: str) -> None:
         deploys = [h["run"] for h in history if h["kind"] == "deploy"]
         # No run was deployed twice to a target.
         assert len(deploys) == len(set(deploys)), (target.name, deploys)
+        # Its history is a chain: each change replaced what the one before put live.
+        replaced = [(h.get("replaced_run"), h["run"]) for h in reversed(history)]  # oldest first
+        for (_, before), (after_replaced, after) in itertools.pairwise(replaced):
+            assert after_replaced == before != after, (target.name, replaced)
         # What the target reports as live is what the state says is live.
         state = svc.targets.get(target.name)
         reported = svc.deployer(target).live()
