@@ -23,19 +23,17 @@ import statistics
 import subprocess
 import sys
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import requests
 
+from emulator import sample_data
+from localdev.services import Azurite, EmulatorProcess, fresh_names
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results" / "latest.json"
-sys.path.insert(0, str(ROOT))
-
-from emulator import sample_data  # noqa: E402
-from localdev.services import Azurite, EmulatorProcess  # noqa: E402
 
 API_KEY = secrets.token_urlsafe(32)  # a throwaway key for the local emulator
 SMALL = sample_data.generate(300, seed=1).encode()
@@ -52,22 +50,14 @@ class Lab:
         self.emulator.admin("POST", "config", {"lro_seconds": 0.05})
 
     def env(self, **extra: str) -> dict[str, str]:
-        uid = uuid.uuid4().hex[:10]
-        info = self.emulator.info
         return {
             "AzureWebJobsStorage": self.azurite.connection_string,
-            "BES_JOBS_URL": info["bes_jobs_url"],
-            "BES_API_KEY": API_KEY,
-            "TRAINING_CONTAINER": f"train-{uid}",
-            "MODELS_CONTAINER": f"models-{uid}",
-            "RUNS_TABLE": f"runs{uid}",
-            "COMMANDS_QUEUE": f"commands-{uid}",
+            **self.emulator.app_settings(),
+            **fresh_names(),
             "TRAINING_BLOB_SOURCE": "LogsAndContainerScan",
             "POLL_SCHEDULE": "0 * * * * *",
             "DEPLOY_TARGETS": json.dumps(self.emulator.deploy_targets(API_KEY)),
             "ARM_POLL_SECONDS": "0.05",
-            "IDENTITY_ENDPOINT": info["identity_endpoint"],
-            "IDENTITY_HEADER": info["identity_header"],
             **extra,
         }
 
@@ -89,12 +79,34 @@ class Lab:
         client.upload_blob(data, overwrite=True)
         return client
 
+    def with_active_run(self, finished: int = 0):
+        """Fresh settings whose pipeline has ``finished`` old runs and one run Running for ten minutes."""
+        from shared import workflow
+
+        self.job_seconds(600)
+        env = self.env()
+        svc = self.services(env)
+        _seed_finished_runs(svc, finished)
+        self.upload(env, "active.csv")
+        ref = svc.storage.blob_ref(env["TRAINING_CONTAINER"], "active.csv")
+        workflow.start_run_for_blob(svc, ref, source="blob", actor="bench")
+        return svc
+
     def job_seconds(self, seconds: float) -> None:
         self.emulator.admin("POST", "config", {"job_seconds": seconds})
 
-    def wait_jobs_ended(self, timeout: float = 60) -> None:
+    def jobs(self, env: dict[str, str]) -> list[dict]:
+        """The emulated BES jobs trained on ``env``'s training container."""
+        prefix = env["TRAINING_CONTAINER"] + "/"
+        return [
+            j
+            for j in self.emulator.admin("GET", "jobs")
+            if j["request"]["Inputs"]["input1"]["RelativeLocation"].startswith(prefix)
+        ]
+
+    def wait_jobs_ended(self, env: dict[str, str], timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
-        while any(j["status"] in ("NotStarted", "Running") for j in self.emulator.admin("GET", "jobs")):
+        while any(j["status"] in ("NotStarted", "Running") for j in self.jobs(env)):
             if time.monotonic() > deadline:
                 raise RuntimeError("emulated jobs did not end")
             time.sleep(0.05)
@@ -193,7 +205,7 @@ def requests_per_cycle(lab: Lab) -> dict:
         since = time.time()
         with storage_requests(lab) as storage:
             handler["retrain_on_upload"](blob=blob, context=LocalContext("retrain_on_upload"))
-            lab.wait_jobs_ended()
+            lab.wait_jobs_ended(env)
             handler["poll_runs"](timer=TimerRequest(past_due=False), context=LocalContext("poll_runs"))
             with storage_requests(lab) as host:  # what the Functions host does, not the app: receive, delete
                 [message] = list(queue.receive_messages(max_messages=1))
@@ -255,18 +267,12 @@ def poll_cost(lab: Lab, history: int = 10_000, polls: int = 200) -> dict:
     """One poll while a run is active, with 0 and with ``history`` finished runs in the same table
     partition. Both tables are set up first, then polled alternately, so whatever Azurite does in the
     background (saving its database, collecting garbage) falls on both alike."""
-    from shared import poll, workflow
+    from shared import poll
 
-    lab.job_seconds(600)  # the active run stays Running throughout
-    setups = {}
-    for label, finished in (("empty", 0), ("with_history", history)):
-        env = lab.env()
-        svc = lab.services(env)
-        _seed_finished_runs(svc, finished)
-        lab.upload(env, "active.csv")
-        ref = svc.storage.blob_ref(env["TRAINING_CONTAINER"], "active.csv")
-        workflow.start_run_for_blob(svc, ref, source="blob", actor="bench")
-        setups[label] = (svc, finished)
+    setups = {
+        label: (lab.with_active_run(finished), finished)
+        for label, finished in (("empty", 0), ("with_history", history))
+    }
     time.sleep(3)
     timings: dict[str, list[float]] = {label: [] for label in setups}
     # The poll's two point reads alone (the slot, the active run): how the storage stand-in scales.
@@ -328,15 +334,9 @@ def _seed_finished_runs(svc, count: int) -> None:
 def poll_concurrency(lab: Lab) -> dict:
     """Not applicable as specified (200 active jobs): one training per pipeline, so a poll checks one job.
     Measured instead: one poll with 100 ms of emulator latency, against that latency."""
-    from shared import poll, workflow
+    from shared import poll
 
-    lab.job_seconds(600)
-    env = lab.env()
-    svc = lab.services(env)
-    lab.upload(env, "active.csv")
-    workflow.start_run_for_blob(
-        svc, svc.storage.blob_ref(env["TRAINING_CONTAINER"], "active.csv"), source="blob", actor="bench"
-    )
+    svc = lab.with_active_run()
     timings = []
     for _ in range(10):
         lab.emulator.admin("POST", "faults", {"route": "bes.status", "delay": 0.1, "times": 1})
@@ -390,11 +390,7 @@ def burst(lab: Lab, uploads: int = 1000, duplicates: int = 200) -> dict:
         list(pool.map(deliver, deliveries))
     wall = time.perf_counter() - started
     statuses = collections.Counter(r.status for r in svc.store.list_runs("default"))
-    jobs = [
-        j
-        for j in lab.emulator.admin("GET", "jobs")
-        if j["request"]["Inputs"]["input1"]["RelativeLocation"].startswith(env["TRAINING_CONTAINER"])
-    ]
+    jobs = lab.jobs(env)
     return {
         "deliveries": len(deliveries),
         "distinct_uploads": uploads,

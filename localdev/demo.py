@@ -80,8 +80,6 @@ def main(argv: list[str] | None = None) -> int:
             "TRAINING_BLOB_SOURCE": "LogsAndContainerScan",
             "TRAINING_CONTAINER": "training-data",
             "MODELS_CONTAINER": "models",
-            "BES_JOBS_URL": info["bes_jobs_url"],
-            "BES_API_KEY": api_key,
             "RUNS_TABLE": "retrainingruns",
             "COMMANDS_QUEUE": "retraining-commands",
             "POLL_SCHEDULE": "*/2 * * * * *",
@@ -89,9 +87,7 @@ def main(argv: list[str] | None = None) -> int:
             "GATE_MIN": "0.6",
             "DEPLOY_TARGETS": json.dumps(targets),
             "ARM_POLL_SECONDS": "0.2",
-            # The managed identity of the emulated App Service: azure-identity finds it as in Azure.
-            "IDENTITY_ENDPOINT": info["identity_endpoint"],
-            "IDENTITY_HEADER": info["identity_header"],
+            **emulator.app_settings(),  # BES and the emulated App Service's managed identity
         }
         say(f"  Azurite blob endpoint  http://127.0.0.1:{azurite.blob_port}/devstoreaccount1")
         say(f"  BES jobs URL           {info['bes_jobs_url']}")

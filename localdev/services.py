@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,6 +62,17 @@ def azurite_binary() -> str:
     if found:
         return found
     raise RuntimeError("Azurite is not installed: run `npm ci` in the repository root (see README)")
+
+
+def fresh_names() -> dict[str, str]:
+    """Containers, table and queue of their own, so one setup never sees another's state."""
+    uid = uuid.uuid4().hex[:10]
+    return {
+        "TRAINING_CONTAINER": f"train-{uid}",
+        "MODELS_CONTAINER": f"models-{uid}",
+        "RUNS_TABLE": f"runs{uid}",
+        "COMMANDS_QUEUE": f"commands-{uid}",
+    }
 
 
 @dataclass
@@ -166,6 +178,16 @@ class EmulatorProcess:
             raise RuntimeError(f"the emulator exited with code {self.process.wait()}")
         self.info = json.loads(line)
         return self
+
+    def app_settings(self) -> dict[str, str]:
+        """The app settings that point the app at this emulator: BES, its key, and the managed-identity
+        endpoint of the emulated App Service (where azure-identity finds a token, as in Azure)."""
+        return {
+            "BES_JOBS_URL": self.bes_jobs_url,
+            "BES_API_KEY": self.api_key,
+            "IDENTITY_ENDPOINT": self.info["identity_endpoint"],
+            "IDENTITY_HEADER": self.info["identity_header"],
+        }
 
     def deploy_targets(self, api_key: str, classic: str = "classic", arm: str = "arm") -> list[dict]:
         """``DEPLOY_TARGETS`` entries for the seeded classic endpoint and ARM web service."""

@@ -47,7 +47,7 @@ def poll(svc: Services, *, actor: str, now: dt.datetime | None = None) -> list[O
 
 
 def _poll_safely(svc: Services, run_id: str, actor: str, now: dt.datetime | None, since: dt.datetime | None) -> Outcome:
-    """One run's failure must not stop the others; it is logged and retried at the next tick."""
+    """A service failure is logged and retried at the next tick, not raised to the host."""
     try:
         with telemetry.bind(pipeline=svc.settings.pipeline, run_id=run_id):
             return poll_run(svc, run_id, actor=actor, now=now or utcnow(), slot_since=since)

@@ -5,12 +5,11 @@ Each test gets its own containers and runs table, so tests never see each other'
 
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 
 import pytest
 
-from localdev.services import Azurite, EmulatorProcess
+from localdev.services import Azurite, EmulatorProcess, fresh_names
 from shared import settings as settings_module
 from shared import workflow
 from shared.settings import Settings
@@ -45,19 +44,12 @@ def fresh_emulator(emulator):
 
 @pytest.fixture
 def env(azurite, fresh_emulator) -> dict[str, str]:
-    uid = uuid.uuid4().hex[:10]
     return {
         "AzureWebJobsStorage": azurite.connection_string,
-        "BES_JOBS_URL": fresh_emulator.bes_jobs_url,
-        "BES_API_KEY": API_KEY,
-        "TRAINING_CONTAINER": f"train-{uid}",
-        "MODELS_CONTAINER": f"models-{uid}",
-        "RUNS_TABLE": f"runs{uid}",
+        **fresh_emulator.app_settings(),
+        **fresh_names(),
         "TRAINING_BLOB_SOURCE": "LogsAndContainerScan",
-        "COMMANDS_QUEUE": f"commands-{uid}",
         "HTTP_RETRIES": "1",  # exhausting retries should take milliseconds in tests
-        "IDENTITY_ENDPOINT": fresh_emulator.info["identity_endpoint"],
-        "IDENTITY_HEADER": fresh_emulator.info["identity_header"],
     }
 
 

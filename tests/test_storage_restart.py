@@ -22,20 +22,19 @@ GOOD = sample_data.generate(800, seed=21, label_noise=0.15).encode()
 
 
 @pytest.fixture
-def storage(tmp_path):
+def azurite(tmp_path):
+    """Overrides the session's Azurite for this module: one of its own, with its data in a folder that
+    outlives a stop. ``env`` and ``fresh_emulator`` pick the overrides up."""
     instance = Azurite(location=str(tmp_path / "azurite")).start()
     yield instance
     instance.stop()
 
 
 @pytest.fixture
-def emulator(storage):
-    """An emulator of its own: its ARM web service's storage account is the one that restarts."""
-    instance = EmulatorProcess(
-        api_key=API_KEY, job_seconds=0.3, storage_connection_string=storage.connection_string
-    ).start()
-    instance.admin("POST", "config", {"lro_seconds": 0.2})
-    yield instance
+def emulator(azurite):
+    """Overrides the session's emulator: its ARM web service's storage account is the one that restarts."""
+    instance = EmulatorProcess(api_key=API_KEY, job_seconds=0.3, storage_connection_string=azurite.connection_string)
+    yield instance.start()
     instance.stop()
 
 
@@ -46,8 +45,9 @@ def wait_until(check, timeout: float = 10) -> None:
         time.sleep(0.05)
 
 
-def test_storage_stopped_twice_mid_loop_loses_nothing(storage, env, emulator, monkeypatch):
-    svc = services(target_settings({**env, "AzureWebJobsStorage": storage.connection_string}, emulator), monkeypatch)
+def test_storage_stopped_twice_mid_loop_loses_nothing(azurite, env, fresh_emulator, monkeypatch):
+    storage, emulator = azurite, fresh_emulator
+    svc = services(target_settings(env, emulator), monkeypatch)
     run_id = workflow.start_run_for_blob(svc, upload(svc, "good.csv", GOOD), source="blob", actor="blob/1").run_id
     wait_job(svc, run_id)
 
