@@ -97,7 +97,7 @@ def parse_reference(value: object, what: str) -> BlobReference:
     if not isinstance(relative, str) or not relative.strip("/"):
         raise ReferenceError_("MissingInputBlobInformation", f"The blob reference for {what} has no RelativeLocation.")
     container, _, blob = relative.lstrip("/").partition("/")
-    if not blob or not _CONTAINER_RE.match(container):
+    if not blob or not _CONTAINER_RE.fullmatch(container):
         raise ReferenceError_(
             "InputBlobRelativeLocationInvalid",
             f"The blob reference: {relative} for {what} is not of the form container/blob.",

@@ -261,7 +261,7 @@ class Emulator:
                 raise HttpError(404, "NotFound", "unknown admin route")
             return admin(request)
         for method, pattern, name, route_handler in self.routes:
-            match = pattern.match(request.path)
+            match = pattern.fullmatch(request.path)
             if match and method == request.method:
                 entry["route"] = name
                 request.params = match.groupdict()
@@ -276,7 +276,7 @@ class Emulator:
                     if fault.no_effect:  # "PATCH returned 200 but nothing changed"
                         return Response(200)
                 return route_handler(request)
-        if any(pattern.match(request.path) for _, pattern, _, _ in self.routes):
+        if any(pattern.fullmatch(request.path) for _, pattern, _, _ in self.routes):
             raise HttpError(
                 405, "MethodNotAllowed", f"The requested resource does not support http method '{request.method}'."
             )

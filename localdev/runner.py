@@ -188,7 +188,7 @@ class LocalHost:
                 params = dict(parse_qsl(parts.query))
                 status, headers, body = 404, {"Content-Type": "text/plain"}, b"Not Found"
                 for pattern, name, function, trigger in routes:
-                    match = pattern.match(parts.path)
+                    match = pattern.fullmatch(parts.path)
                     if not match:
                         continue
                     methods = [m.upper() for m in trigger.get("methods") or ["GET", "POST"]]

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 import requests
 
 from shared.http import ServiceError, ci_get, make_session, send
+from shared.redact import hold
 
 SCOPE = "https://management.azure.com/.default"
 TERMINAL = {"succeeded": "Succeeded", "failed": "Failed", "canceled": "Canceled", "cancelled": "Canceled"}
@@ -105,6 +106,7 @@ class ArmWebServiceClient:
                 code="CredentialUnavailable",
                 transient=True,
             ) from None
+        hold(token, ephemeral=True)
         return {
             "Authorization": f"Bearer {token}",
             "Accept": "application/json",

@@ -70,7 +70,7 @@ class BesClient:
             job_id = json.loads(text) if text.startswith('"') else text
         except json.JSONDecodeError:
             job_id = text
-        if not isinstance(job_id, str) or not _JOB_ID_RE.match(job_id):
+        if not isinstance(job_id, str) or not _JOB_ID_RE.fullmatch(job_id):
             raise BesError(
                 f"unexpected job id in submit response: {text[:100]!r}",
                 operation="submit",
@@ -103,7 +103,7 @@ class BesClient:
         self._call("cancel", "DELETE", self._job_url(job_id))
 
     def _job_url(self, job_id: str) -> str:
-        if not _JOB_ID_RE.match(job_id):
+        if not _JOB_ID_RE.fullmatch(job_id):
             raise ValueError(f"not a BES job id: {job_id!r}")
         return f"{self.jobs_url}/{job_id}"
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import hashlib
 import json
 import logging
 import re
@@ -57,10 +58,35 @@ def _schema() -> dict:
 
 
 @functools.cache
-def _validators() -> dict:
-    from jsonschema import Draft202012Validator
+def ecma_pattern(pattern: str) -> str:
+    """A JSON Schema pattern (ECMA-262) for Python's ``re``: there ``$`` also matches before a final
+    newline, so ``^[a-z]+$`` would accept ``"abc\\n"``; ECMA's ``$`` is the end of the string (``\\Z``)."""
+    out, escaped, in_class = [], False, False
+    for char in pattern:
+        if escaped:
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif in_class:
+            in_class = char != "]"
+        elif char == "[":
+            in_class = True
+        elif char == "$":
+            char = r"\Z"
+        out.append(char)
+    return "".join(out)
 
-    root = Draft202012Validator(_schema())
+
+@functools.cache
+def _validators() -> dict:
+    from jsonschema import Draft202012Validator, ValidationError, validators
+
+    def pattern(validator, patrn, instance, schema):
+        if validator.is_type(instance, "string") and not re.search(ecma_pattern(patrn), instance):
+            yield ValidationError(f"{instance!r} does not match {patrn!r}")
+
+    Validator = validators.extend(Draft202012Validator, {"pattern": pattern})
+    root = Validator(_schema())
     return {name: root.evolve(schema=_schema()["$defs"][name]) for name in ("retrain", "deploy", "rollback")}
 
 
@@ -72,10 +98,10 @@ def parse(raw: bytes) -> dict:
         raise CommandRejected(f"message of {len(raw)} bytes exceeds {MAX_MESSAGE_BYTES}")
     try:
         body = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CommandRejected(f"message is not UTF-8 JSON: {exc}") from None
     except RecursionError:
         raise CommandRejected("message is nested too deeply") from None
+    except ValueError as exc:  # also an integer too long to convert, which is not a JSONDecodeError
+        raise CommandRejected(f"message is not UTF-8 JSON: {exc}") from None
     if not isinstance(body, dict):
         raise CommandRejected(f"message is a JSON {type(body).__name__}, not an object")
     if body.get("version") != 1:
@@ -90,22 +116,34 @@ def parse(raw: bytes) -> dict:
 
 
 def request_key(body: object, message_id: str) -> str:
-    """The idempotency key: the sender's request_id if it has a usable one, else the message id."""
-    if isinstance(body, dict) and isinstance(body.get("request_id"), str) and _REQUEST_ID.match(body["request_id"]):
+    """The idempotency key: the sender's request_id if it has a usable one, else the message id.
+    Either is a valid RowKey (no control character, no ``/\\#?``), whatever the message holds."""
+    if isinstance(body, dict) and isinstance(body.get("request_id"), str) and _REQUEST_ID.fullmatch(body["request_id"]):
         return f"req:{body['request_id']}"
-    return f"msg:{message_id}"
+    return f"msg:{message_key(message_id)}"
+
+
+def message_key(message_id: object) -> str:
+    """The queue's message id as a RowKey part (the host's are GUIDs; anything else is hashed)."""
+    text = str(message_id)
+    if _REQUEST_ID.fullmatch(text):
+        return text
+    return "sha256-" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def handle(svc, raw: bytes, *, message_id: str, dequeue_count: int, actor: str) -> str:
     """Carry out one queue message, exactly once per request id. Returns what was done; raises only
-    for what a redelivery may fix."""
+    for what a redelivery may fix. Whatever raises where, the message ends in the command log."""
     now = utcnow()
-    excerpt = redact(raw[:RAW_EXCERPT_CHARS].decode("utf-8", "replace"))
+    # Redacted whole, then cut: a secret straddling the cut would otherwise leave its first half.
+    excerpt = redact(raw.decode("utf-8", "replace"))[:RAW_EXCERPT_CHARS]
     body, problem = None, None
     try:
         body = parse(raw)
     except CommandRejected as exc:
         problem = exc
+    except Exception as exc:  # reading a message is deterministic: whatever fails, it always will
+        problem = CommandRejected(f"message cannot be read: {type(exc).__name__}: {exc}")
     # A rejected message is still keyed by its request_id if it has a usable one.
     loose = body if body is not None else _loose_json(raw)
     key, fields = request_key(loose, message_id), _fields(loose, message_id, excerpt, actor)
@@ -114,9 +152,24 @@ def handle(svc, raw: bytes, *, message_id: str, dequeue_count: int, actor: str) 
         return _handle(svc, body, problem, key, fields, now, dequeue_count=dequeue_count, actor=actor)
 
 
+def _claim(svc, key: str, fields: dict, now, dequeue_count: int) -> tuple[str, str, dict]:
+    """Claim ``key``; if storage refuses that key outright (a 4xx, not an outage), fall back to the
+    message's own key so the message is still recorded."""
+    from azure.core.exceptions import HttpResponseError
+
+    try:
+        return (key, *svc.commands.claim(key, fields, LEASE, now, dequeue_count))
+    except HttpResponseError as exc:
+        fallback = f"msg:{message_key(fields['message_id'])}"
+        if key == fallback or exc.status_code is None or not 400 <= exc.status_code < 500 or exc.status_code == 429:
+            raise
+        log.warning("command %s: storage refused key %r (%s); recorded as %s", fields["message_id"], key, exc, fallback)
+        return (fallback, *svc.commands.claim(fallback, fields, LEASE, now, dequeue_count))
+
+
 def _handle(svc, body, problem, key: str, fields: dict, now, *, dequeue_count: int, actor: str) -> str:
     message_id = fields["message_id"]
-    state, record = svc.commands.claim(key, fields, LEASE, now, dequeue_count)
+    key, state, record = _claim(svc, key, fields, now, dequeue_count)
     if state == "done":
         log.info(
             "command %s: duplicate of an earlier %s request (%s), not carried out again",
@@ -138,16 +191,21 @@ def _handle(svc, body, problem, key: str, fields: dict, now, *, dequeue_count: i
         result = _execute(svc, body, actor=actor, attempt=dequeue_count, max_attempts=max_dequeue_count())
     except CommandRejected as exc:
         return _reject(svc, key, exc, fields, dequeue_count)
-    except (ServiceError, StaleError, deploy.DeployError, AzureError) as exc:  # AzureError: our own storage
-        reason = redact(str(exc))
+    except Exception as exc:  # a service, our storage (AzureError), or a bug: retried, then recorded
+        expected = isinstance(exc, (ServiceError, StaleError, AzureError))
+        reason = redact(str(exc) if expected else f"unexpected {type(exc).__name__}: {exc}")
+        if not expected:
+            log.exception("command %s (%s): unexpected error", message_id, key)
         if dequeue_count >= max_dequeue_count():
-            svc.commands.finish(
-                key,
-                FAILED,
-                utcnow(),
-                reason=f"gave up after {dequeue_count} deliveries: {reason}",
-                deliveries=dequeue_count,
-            )
+            final = f"gave up after {dequeue_count} deliveries: {reason}"
+            if body.get("type") == "deploy":  # the run must not stay Deploying: its targets failed
+                try:
+                    deploy.give_up(
+                        svc, body["run_id"], body.get("targets"), final, actor=actor, forced=bool(body.get("force"))
+                    )
+                except Exception:  # the command's own record comes first
+                    log.exception("command %s: could not record the failure on run %s", message_id, body["run_id"])
+            svc.commands.finish(key, FAILED, utcnow(), reason=final, deliveries=dequeue_count)
             log.error("command %s (%s) failed for good, to the poison queue: %s", message_id, key, reason)
         else:
             svc.commands.release(key, utcnow(), reason)

@@ -19,7 +19,7 @@ from shared import telemetry
 from shared.arm import ArmWebServiceClient, asset_uri, find_asset, with_asset_uri
 from shared.classic import ClassicEndpointClient, ClassicError
 from shared.http import ServiceError
-from shared.runs import Run, utcnow
+from shared.runs import Run, lease_lapsed, utcnow
 from shared.settings import ArmTarget, ClassicTarget, Target
 from shared.store import MAX_CONFLICT_RETRIES, StaleError, TargetState
 
@@ -178,7 +178,8 @@ def _claim(svc, target: Target, run: Run, kind: str) -> TargetState | PutResult:
         state = svc.targets.get(target.name)
         if state.live_run == run.run_id and state.deploying_run is None:
             return PutResult("already-live", f"{run.run_id} is already live on {target.name}")
-        if state.deploying_run not in (None, run.run_id) and state.lease_until and state.lease_until > now:
+        busy = not lease_lapsed(state.lease_until, state.written_at, TARGET_LEASE, now)
+        if state.deploying_run not in (None, run.run_id) and busy:
             raise DeployError(
                 f"{target.name} is being deployed by run {state.deploying_run}",
                 operation=kind,
@@ -263,8 +264,7 @@ def _deploy_run(
     if force_reason is None:
         if run.status not in (R.APPROVED, R.DEPLOYING, R.DEPLOYED, R.PARTIALLY_DEPLOYED, R.FAILED):
             raise CommandRejected(f"run {run_id} is {run.status}, not approved for deployment")
-        approved = [name for name, gate in run.gate.items() if gate.get("approved")]
-        names = approved if target_names is None else [n for n in target_names if n in approved]
+        names = _approved(run, target_names)
     else:
         unknown = [n for n in target_names or [] if svc.settings.target(n) is None]
         if unknown or not target_names:
@@ -285,7 +285,8 @@ def _deploy_run(
             continue
         try:
             outcome = put_live(svc, target, run, actor=actor, kind=kind)
-        except ServiceError as exc:
+        except Exception as error:  # a service's error, or anything unforeseen: recorded per target
+            exc = error if isinstance(error, ServiceError) else unexpected(error, kind)
             final = not exc.transient or attempt >= max_attempts
             reason = str(exc) if not exc.transient or not final else f"gave up after {attempt} attempts: {exc}"
             results[name] = {
@@ -307,6 +308,36 @@ def _deploy_run(
         reasons = "; ".join(f"{name}: {results[name]['reason']}" for name in retry)
         raise DeployError(f"run {run_id}: {reasons}", operation="to targets", code="Retry", transient=True)
     return run
+
+
+def _approved(run: Run, target_names: list[str] | None) -> list[str]:
+    """The targets a plain deploy of ``run`` goes to: those its gate approved (of ``target_names``)."""
+    approved = [name for name, gate in run.gate.items() if gate.get("approved")]
+    return approved if target_names is None else [n for n in target_names if n in approved]
+
+
+def unexpected(error: Exception, operation: str) -> DeployError:
+    """An exception nobody foresaw, as a transient deploy error: retried, then recorded as a failure."""
+    log.error("unexpected %s during %s", type(error).__name__, operation, exc_info=error)
+    return DeployError(
+        f"unexpected {type(error).__name__}: {error}", operation=operation, code="Unexpected", transient=True
+    )
+
+
+def give_up(svc, run_id: str, target_names: list[str] | None, reason: str, *, actor: str, forced: bool) -> None:
+    """The last delivery of a deploy command failed before it recorded everything: its unfinished
+    targets are recorded Failed with ``reason``, so the run ends rather than stays Deploying."""
+    run = svc.store.get(svc.settings.pipeline, run_id)
+    if run is None:
+        return
+    names = list(target_names or []) if forced else _approved(run, target_names)
+    results = {
+        name: {"status": FAILED, "reason": reason}
+        for name in names
+        if run.targets.get(name, {}).get("status") not in (DEPLOYED, SKIPPED, FAILED)
+    }
+    if results:
+        _record_targets(svc, run, results, names, actor)
 
 
 def _record_targets(svc, run: Run, results: dict[str, dict], names: list[str], actor: str) -> Run:

@@ -22,6 +22,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from shared.redact import redact, redact_tree
 from shared.storage import BlobRef
 
 REQUESTED = "Requested"
@@ -58,6 +59,8 @@ ENDED = frozenset(status for status, moves in TRANSITIONS.items() if not moves)
 
 # Table Storage strings hold at most 32,768 characters; keep the history well inside that.
 HISTORY_LIMIT_CHARS = 30_000
+# How long one invocation may hold a run (while it submits it, or hands it off) before another may.
+LEASE = dt.timedelta(minutes=10)
 
 
 class InvalidTransition(ValueError):
@@ -79,6 +82,20 @@ def run_id_for(pipeline: str, blob: BlobRef, salt: str = "") -> str:
     digest = hashlib.sha256(key.encode()).hexdigest()
     stamp = blob.last_modified.astimezone(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
     return f"{stamp}Z-{digest[:16]}"
+
+
+def lease_lapsed(until: dt.datetime | None, written_at: dt.datetime | None, length: dt.timedelta, now) -> bool:
+    """Whether a lease recorded as ``until`` has lapsed at ``now``.
+
+    A lease never outlasts its ``length`` past ``written_at``, when storage received it (the entity's
+    server-side ``Timestamp``): a holder whose clock runs five hours fast writes a lease five hours too
+    long, and would otherwise block everyone else for those five hours.
+    """
+    if until is None:
+        return True
+    if written_at is not None:
+        until = min(until, written_at + length)
+    return until <= now
 
 
 def row_key(run_id: str) -> str:
@@ -117,7 +134,10 @@ class Run:
     gate: dict[str, Any] = field(default_factory=dict)  # per target: decision, value, champion, reason
     targets: dict[str, dict[str, Any]] = field(default_factory=dict)  # per target: deploy status and details
     history: list[dict[str, Any]] = field(default_factory=list)
+    # When storage first recorded the run (its server clock): orders uploads of the same second.
+    recorded_at: dt.datetime | None = None
     etag: str | None = None
+    written_at: dt.datetime | None = None  # server Timestamp of the version read (not stored)
 
     @classmethod
     def for_blob(cls, pipeline: str, blob: BlobRef, source: str, actor: str, now: dt.datetime, salt: str = "") -> Run:
@@ -140,9 +160,11 @@ class Run:
     @property
     def order_key(self) -> str:
         """Sorts runs by when their data arrived: blob upload time (whole seconds, all storage gives),
-        then when the run was recorded, so two uploads in the same second keep their arrival order."""
+        then when storage recorded the run, so two uploads in the same second keep their arrival order.
+        Both are the storage service's clock: an instance whose clock is skewed decides nothing."""
         uploaded = (self.blob_last_modified or self.created_at).astimezone(dt.timezone.utc)
-        return f"{uploaded:%Y%m%dT%H%M%S}|{self.created_at.astimezone(dt.timezone.utc):%Y%m%dT%H%M%S.%f}"
+        recorded = (self.recorded_at or self.created_at).astimezone(dt.timezone.utc)
+        return f"{uploaded:%Y%m%dT%H%M%S}|{recorded:%Y%m%dT%H%M%S.%f}|{self.run_id}"
 
     @property
     def ended(self) -> bool:
@@ -157,13 +179,10 @@ class Run:
         if to not in TRANSITIONS[self.status]:
             raise InvalidTransition(f"run {self.run_id}: {self.status} -> {to} is not allowed")
         now = now or utcnow()
-        entry = {"at": self._stamp(now), "from": self.status, "to": to, "by": by, "reason": reason[:500]}
+        entry = {"at": self._stamp(now), "from": self.status, "to": to, "by": by, "reason": redact(reason)[:500]}
         self.status = to
         self.updated_at = now
-        for name, value in changes.items():
-            if not hasattr(self, name):
-                raise AttributeError(name)
-            setattr(self, name, value)
+        self._apply(changes)
         if to in ENDED:
             self.ended_at = now
             self.lease_owner = self.lease_until = None
@@ -172,12 +191,16 @@ class Run:
     def note(self, *, by: str, reason: str, now: dt.datetime | None = None, **changes: Any) -> None:
         """Record an event that changes fields but not the status (e.g. a failed attempt)."""
         now = now or utcnow()
+        self._apply(changes)
+        self.updated_at = now
+        self.history.append({"at": self._stamp(now), "event": redact(reason)[:500], "by": by})
+
+    def _apply(self, changes: dict[str, Any]) -> None:
         for name, value in changes.items():
             if not hasattr(self, name):
                 raise AttributeError(name)
-            setattr(self, name, value)
-        self.updated_at = now
-        self.history.append({"at": self._stamp(now), "event": reason[:500], "by": by})
+            # Recorded text is redacted whole, before anything truncates it (a cut secret is a leak).
+            setattr(self, name, redact_tree(value) if name in ("error", "targets", "gate") else value)
 
     def _stamp(self, now: dt.datetime) -> str:
         """``now`` for a new history entry, never before the last one: a writer whose clock was read
@@ -187,7 +210,7 @@ class Run:
         return max(stamp, last)
 
     def lease_free(self, now: dt.datetime) -> bool:
-        return self.lease_until is None or self.lease_until <= now
+        return lease_lapsed(self.lease_until, self.written_at, LEASE, now)
 
     # --- Table entity mapping -------------------------------------------------------------------
 
@@ -221,6 +244,7 @@ class Run:
             "gate": json.dumps(self.gate),
             "targets": json.dumps(self.targets),
             "history": _history_json(self.history),
+            "recorded_at": self.recorded_at,
         }
 
     @classmethod
@@ -228,6 +252,8 @@ class Run:
         def get(name: str, default: Any = None) -> Any:
             value = entity.get(name, default)
             return getattr(value, "value", value) if value is not None else default
+
+        metadata = getattr(entity, "metadata", None) or {}
 
         return cls(
             pipeline=entity["PartitionKey"],
@@ -254,7 +280,10 @@ class Run:
             gate=json.loads(get("gate") or "{}"),
             targets=json.loads(get("targets") or "{}"),
             history=json.loads(get("history") or "[]"),
-            etag=entity.metadata.get("etag") if hasattr(entity, "metadata") else None,
+            # Never saved since its insert: the entity's Timestamp is when storage recorded it.
+            recorded_at=_dt(get("recorded_at")) or _dt(metadata.get("timestamp")),
+            etag=metadata.get("etag"),
+            written_at=_dt(metadata.get("timestamp")),
         )
 
 

@@ -141,7 +141,7 @@ class Settings:
 
         def container(name: str, default: str) -> str:
             value = get(name, default)
-            if not _CONTAINER_RE.match(value):
+            if not _CONTAINER_RE.fullmatch(value):
                 raise SettingsError(
                     name, f"{value!r} is not a valid container name (3-63 lowercase letters, digits, single hyphens)"
                 )
@@ -204,11 +204,11 @@ class Settings:
             raise SettingsError("BES_GLOBAL_PARAMETERS", "must be a JSON object of names to string/number values")
 
         runs_table = get("RUNS_TABLE", "retrainingruns")
-        if not _TABLE_RE.match(runs_table) or runs_table.lower() == "tables":
+        if not _TABLE_RE.fullmatch(runs_table) or runs_table.lower() == "tables":
             raise SettingsError("RUNS_TABLE", f"{runs_table!r} is not a valid table name (3-63 letters/digits)")
 
         pipeline = get("PIPELINE_NAME", "default")
-        if not _PIPELINE_RE.match(pipeline):
+        if not _PIPELINE_RE.fullmatch(pipeline):
             raise SettingsError("PIPELINE_NAME", f"{pipeline!r} must be lowercase letters, digits and hyphens")
 
         source = get("TRAINING_BLOB_SOURCE", "EventGrid")
@@ -224,7 +224,7 @@ class Settings:
                 f"{schedule!r} is not an NCRONTAB expression with six fields (seconds first, e.g. '0 */1 * * * *')",
             )
         queue = get("COMMANDS_QUEUE", "retraining-commands")
-        if not _QUEUE_RE.match(queue):
+        if not _QUEUE_RE.fullmatch(queue):
             raise SettingsError(
                 "COMMANDS_QUEUE",
                 f"{queue!r} is not a valid queue name (3-56 lowercase letters, "
@@ -243,7 +243,7 @@ class Settings:
         if outputs["BES_MODEL_OUTPUT"] == outputs["BES_EVALUATION_OUTPUT"]:
             raise SettingsError("BES_EVALUATION_OUTPUT", "must differ from BES_MODEL_OUTPUT")
 
-        return cls(
+        settings = cls(
             storage_connection=storage,
             storage_identity=identity,
             bes_jobs_url=jobs_url(get("BES_JOBS_URL")),
@@ -275,6 +275,26 @@ class Settings:
             retrain_always=flag("RETRAIN_ALWAYS", False),
             debounce_seconds=integer("DEBOUNCE_SECONDS", 0, 0, 24 * 3600),
         )
+        hold_secrets(settings, env)
+        return settings
+
+
+# Secrets the platform puts in the app's environment (App Service's managed-identity endpoint).
+PLATFORM_SECRETS = ("IDENTITY_HEADER", "MSI_SECRET")
+
+
+def hold_secrets(settings: Settings, env: Mapping[str, str]) -> None:
+    """Register every secret these settings carry with the redactor, so it is removed by value from
+    whatever the app records or logs (an error that echoes a key has no label to match)."""
+    from shared.redact import hold
+
+    account_key = None
+    if settings.storage_connection:
+        account_key = next(
+            (p.split("=", 1)[1] for p in settings.storage_connection.split(";") if p.startswith("AccountKey=")), None
+        )
+    keys = [t.api_key for t in settings.targets if isinstance(t, ClassicTarget)]
+    hold(settings.bes_api_key, account_key, settings.storage_connection, *keys, *(env.get(n) for n in PLATFORM_SECRETS))
 
 
 def storage_identity(env: Mapping[str, str]) -> StorageIdentity:
@@ -321,7 +341,7 @@ def parse_targets(raw: str, env: Mapping[str, str]) -> tuple[Target, ...]:
         if not isinstance(item, dict):
             raise SettingsError(name, f"{where} is not an object")
         target_name = item.get("name")
-        if not isinstance(target_name, str) or not _TARGET_RE.match(target_name):
+        if not isinstance(target_name, str) or not _TARGET_RE.fullmatch(target_name):
             raise SettingsError(name, f"{where} needs a name of letters, digits, '-' or '_'")
         where = f"target {target_name!r}"
         if any(t.name == target_name for t in targets):
@@ -346,7 +366,7 @@ def parse_targets(raw: str, env: Mapping[str, str]) -> tuple[Target, ...]:
             raise SettingsError(name, f"{where} is missing {', '.join(sorted(missing))}")
         if kind == "classic":
             url = _https_url(fields["endpoint_url"], f"{name} {where} endpoint_url")
-            if not _CLASSIC_ENDPOINT_RE.match(urlsplit(url).path):
+            if not _CLASSIC_ENDPOINT_RE.fullmatch(urlsplit(url).path):
                 raise SettingsError(
                     name,
                     f"{where}: endpoint_url must be .../workspaces/<ws>/webservices/<id>/endpoints/<endpoint name>",
@@ -362,7 +382,7 @@ def parse_targets(raw: str, env: Mapping[str, str]) -> tuple[Target, ...]:
                 raise SettingsError(name, f"{where}: the API key is an unresolved Key Vault reference")
             targets.append(ClassicTarget(target_name, url, key, fields["resource_name"]))
         else:
-            if not _ARM_ID_RE.match(fields["resource_id"]):
+            if not _ARM_ID_RE.fullmatch(fields["resource_id"]):
                 raise SettingsError(
                     name,
                     f"{where}: resource_id must be /subscriptions/<id>/resourceGroups/<rg>/"
@@ -420,7 +440,7 @@ _NCRONTAB_FIELD = re.compile(r"^[0-9A-Za-z*/,\-]+$")
 def ncrontab(name: str, value: str) -> str:
     """Check an NCRONTAB expression's shape: six fields, seconds first (the host parses the rest)."""
     fields = value.split()
-    if len(fields) != 6 or not all(_NCRONTAB_FIELD.match(f) for f in fields):
+    if len(fields) != 6 or not all(_NCRONTAB_FIELD.fullmatch(f) for f in fields):
         raise SettingsError(
             name, f"{value!r} is not an NCRONTAB expression with six fields (seconds first, e.g. '0 */5 * * * *')"
         )

@@ -16,6 +16,8 @@ from azure.core.exceptions import ResourceExistsError
 from azure.data.tables import TableServiceClient
 from azure.storage.blob import BlobSasPermissions, BlobServiceClient, generate_blob_sas
 
+from shared.redact import hold, hold_sas
+
 # Tolerance for clock skew between this app and the storage service when a SAS starts.
 SAS_CLOCK_SKEW = dt.timedelta(minutes=5)
 
@@ -67,6 +69,7 @@ class Storage:
             parts = parse_connection_string(connection_string)
             self.account_name = parts["AccountName"]
             self._account_key = parts["AccountKey"]
+            hold(self._account_key)
         else:
             if identity is None or credential is None:
                 raise ValueError("Storage needs a connection string, or an identity and a credential")
@@ -151,6 +154,7 @@ class Storage:
             protocol="https" if self.blob_base_location.startswith("https") else "https,http",
             **signing,
         )
+        hold_sas(token)
         return "?" + token
 
     def delegation_key(self, now: dt.datetime):
@@ -158,6 +162,7 @@ class Storage:
         key = self._delegation_key
         if key is None or _parse_time(key.signed_expiry) - now < dt.timedelta(days=1):
             key = self.blobs.get_user_delegation_key(now - SAS_CLOCK_SKEW, now + DELEGATION_KEY_LIFETIME)
+            hold(key.value)
             self._delegation_key = key
         return key
 

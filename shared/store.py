@@ -19,13 +19,31 @@ from dataclasses import dataclass
 
 from azure.core import MatchConditions
 from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
-from azure.data.tables import TableClient, TableServiceClient, UpdateMode
+from azure.data.tables import EntityProperty, TableClient, TableServiceClient, UpdateMode
 
-from shared.runs import Run, row_key, utcnow
+from shared.redact import redact
+from shared.runs import Run, lease_lapsed, row_key, utcnow
 
 PIPELINES_PARTITION = "_pipelines"
 # A bounded number of optimistic-concurrency retries; past it, something is hot-looping.
 MAX_CONFLICT_RETRIES = 20
+
+
+def server_time(meta: dict) -> dt.datetime | None:
+    """When storage made the write that answered ``meta``: the entity's ``Timestamp`` if the service
+    returned the entity (it does for an insert), else the response's ``Date`` (whole seconds)."""
+    stamp = (meta.get("content") or {}).get("Timestamp")
+    if isinstance(stamp, str):
+        with contextlib.suppress(ValueError):
+            # Seven fractional digits; Python reads at most six.
+            head, _, fraction = stamp.rstrip("Z").partition(".")
+            return dt.datetime.fromisoformat(f"{head}.{(fraction + '000000')[:6]}+00:00")
+    return meta.get("date")
+
+
+def written_at(entity) -> dt.datetime | None:
+    """The server-side ``Timestamp`` of an entity as read: when storage received its last write."""
+    return (getattr(entity, "metadata", None) or {}).get("timestamp")
 
 
 def _encode_cursor(token: dict | None) -> str | None:
@@ -66,9 +84,41 @@ class PipelineSlot:
     etag: str | None = None
 
 
+class RedactingTable:
+    """A ``TableClient`` whose writes carry no secret: every string property but the keys is redacted
+    (``shared/redact.py``) on its way in. The one gate all state passes through, whatever wrote it."""
+
+    def __init__(self, table: TableClient) -> None:
+        self._table = table
+
+    def __getattr__(self, name: str):
+        return getattr(self._table, name)
+
+    def create_entity(self, entity, **kwargs):
+        return self._table.create_entity(_redacted(entity), **kwargs)
+
+    def update_entity(self, entity, **kwargs):
+        return self._table.update_entity(_redacted(entity), **kwargs)
+
+    def upsert_entity(self, entity, **kwargs):
+        return self._table.upsert_entity(_redacted(entity), **kwargs)
+
+
+def _redacted(entity) -> dict:
+    out = {}
+    for name, value in entity.items():
+        if name not in ("PartitionKey", "RowKey"):
+            if isinstance(value, str):
+                value = redact(value)
+            elif isinstance(value, EntityProperty) and isinstance(value.value, str):
+                value = EntityProperty(redact(value.value), value.edm_type)
+        out[name] = value
+    return out
+
+
 class RunStore:
     def __init__(self, table: TableClient) -> None:
-        self.table = table
+        self.table = table if isinstance(table, RedactingTable) else RedactingTable(table)
 
     @classmethod
     def open(cls, service: TableServiceClient, table_name: str, *, create: bool = True) -> RunStore:
@@ -85,6 +135,7 @@ class RunStore:
         except ResourceExistsError:
             raise RunExists(run.run_id) from None
         run.etag = meta["etag"]
+        run.recorded_at = run.written_at = server_time(meta)
         return run
 
     def get(self, pipeline: str, run_id: str) -> Run | None:
@@ -103,7 +154,7 @@ class RunStore:
             )
         except (ResourceModifiedError, ResourceNotFoundError):
             raise StaleError(run.run_id) from None
-        run.etag = meta["etag"]
+        run.etag, run.written_at = meta["etag"], server_time(meta)
         return run
 
     def update(self, pipeline: str, run_id: str, change: Callable[[Run], bool], held: Run | None = None) -> Run | None:
@@ -159,7 +210,7 @@ class RunStore:
             active_run=entity.get("active_run") or None,
             waiting_run=entity.get("waiting_run") or None,
             waiting_key=entity.get("waiting_key") or None,
-            updated_at=entity.get("updated_at"),
+            updated_at=written_at(entity) or entity.get("updated_at"),  # the server's clock, not a writer's
             etag=entity.metadata["etag"],
         )
 
@@ -200,6 +251,7 @@ class TargetState:
     deploying_run: str | None = None
     lease_until: dt.datetime | None = None
     etag: str | None = None
+    written_at: dt.datetime | None = None  # server Timestamp of the version read (caps a skewed lease)
 
     def to_entity(self) -> dict:
         return {
@@ -230,6 +282,7 @@ class TargetState:
             deploying_run=entity.get("deploying_run"),
             lease_until=entity.get("lease_until"),
             etag=entity.metadata["etag"],
+            written_at=written_at(entity),
         )
 
 
@@ -270,7 +323,7 @@ class TargetStore:
             )
         except (ResourceModifiedError, ResourceNotFoundError):
             raise StaleError(state.name) from None
-        state.etag = meta["etag"]
+        state.etag, state.written_at = meta["etag"], server_time(meta)
         return state
 
     def record(self, name: str, at: dt.datetime, entry: dict) -> None:
@@ -337,7 +390,17 @@ class CommandLog:
                 continue
             etag = current.metadata["etag"]
             record = dict(current)
-            if record["status"] != IN_PROGRESS:
+            if record["status"] == REJECTED and record.get("message_id") != fields.get("message_id"):
+                # A rejection carried nothing out: a new message with this id is judged anew (the blob
+                # it names may exist now). A redelivery of the rejected message itself stays a duplicate.
+                record.update(
+                    {k: v for k, v in fields.items() if v is not None},
+                    status=IN_PROGRESS,
+                    previous_reason=record.pop("reason", None),
+                    resends=int(record.get("resends") or 0) + 1,
+                    received_at=now,
+                )
+            elif record["status"] != IN_PROGRESS:
                 record["duplicates"] = int(record.get("duplicates") or 0) + 1
                 record["updated_at"] = now
                 with contextlib.suppress(ResourceModifiedError):
@@ -345,12 +408,12 @@ class CommandLog:
                         record, mode=UpdateMode.REPLACE, etag=etag, match_condition=MatchConditions.IfNotModified
                     )
                 return "done", record
-            lease_until = record.get("lease_until")
-            redelivered = record.get("message_id") == fields.get("message_id") and dequeue_count > int(
-                record.get("dequeue_count") or 0
-            )
-            if lease_until and lease_until > now and not redelivered:
-                return "busy", record
+            else:
+                redelivered = record.get("message_id") == fields.get("message_id") and dequeue_count > int(
+                    record.get("dequeue_count") or 0
+                )
+                if not lease_lapsed(record.get("lease_until"), written_at(current), lease, now) and not redelivered:
+                    return "busy", record
             record.update(
                 lease_until=now + lease,
                 updated_at=now,

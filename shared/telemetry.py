@@ -12,6 +12,7 @@ import contextlib
 import contextvars
 import logging
 import os
+import traceback
 from collections.abc import Iterator
 
 FIELDS = ("pipeline", "run_id", "job_id", "target", "command")
@@ -30,7 +31,7 @@ def bind(**fields: str | None) -> Iterator[None]:
 
 
 def install() -> None:
-    """Stamp the bound ids on every record, whoever logs it. Idempotent."""
+    """Stamp the bound ids on every record, whoever logs it, and redact it. Idempotent."""
     global _installed
     if _installed:
         return
@@ -41,10 +42,32 @@ def install() -> None:
         for name, value in (_context.get() or {}).items():
             if not hasattr(record, name):
                 setattr(record, name, value)
-        return record
+        return redacted(record)
 
     logging.setLogRecordFactory(factory)
     _installed = True
+
+
+def redacted(record: logging.LogRecord) -> logging.LogRecord:
+    """The record with its message, arguments, traceback and stack redacted (``shared/redact.py``).
+
+    Done where every record is made, so no handler — the host's, Azure Monitor's, a test's — ever
+    sees a secret. The traceback is formatted and redacted here and travels in the message: handlers
+    format ``exc_info`` themselves, from exception objects that may quote a secret.
+    """
+    from shared.redact import redact
+
+    try:
+        message = record.getMessage()
+    except Exception:  # a bad format string: logging reports it on emit; keep what we can read
+        message = f"{record.msg} {record.args}"
+    if record.exc_info:
+        message = f"{message}\n{''.join(traceback.format_exception(*record.exc_info)).rstrip()}"
+    if record.stack_info:
+        message = f"{message}\n{record.stack_info}"
+    record.msg, record.args = redact(message), None
+    record.exc_info = record.exc_text = record.stack_info = None
+    return record
 
 
 def configure_azure_monitor() -> bool:

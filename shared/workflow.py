@@ -25,8 +25,7 @@ from shared.store import MAX_CONFLICT_RETRIES, CommandLog, RunExists, RunStore, 
 
 log = logging.getLogger(__name__)
 
-# How long one invocation may hold a run while it submits it before another may take over.
-LEASE = dt.timedelta(minutes=10)
+LEASE = R.LEASE  # how long one invocation may hold a run while it submits it
 # The input/output SAS must outlive the job: its whole allowed time plus this margin.
 SAS_MARGIN = dt.timedelta(minutes=30)
 DATA_EXTENSIONS = (".csv", ".tsv", ".arff")
@@ -498,7 +497,8 @@ def start_quiet_waiter(svc: Services, actor: str, now: dt.datetime | None = None
         return None
     waiter = svc.store.get(svc.settings.pipeline, slot.waiting_run)
     now = now or utcnow()
-    if waiter is not None and waiter.created_at + dt.timedelta(seconds=svc.settings.debounce_seconds) > now:
+    arrived = waiter and (waiter.recorded_at or waiter.created_at)  # storage's clock, not the recorder's
+    if waiter is not None and arrived + dt.timedelta(seconds=svc.settings.debounce_seconds) > now:
         return Outcome(waiter.run_id, waiter.status, "quiet_period")
     return _pass_slot(svc, None, actor, f"promoted: no newer upload for {svc.settings.debounce_seconds}s")
 

@@ -279,6 +279,7 @@ def test_a_start_that_already_happened_is_recognised(svc, fresh_emulator):
     # GIVEN the job was started but the answer was lost (start is answered 200 only after the retry)
     fast_bes(svc)
     blob = upload(svc, "census.csv")
+    svc.storage.ensure_container(svc.settings.models_container)  # else the job fails within 0.3 s
     run = R.Run.for_blob(svc.settings.pipeline, blob, "blob", "earlier", R.utcnow())
     request, outputs = workflow.bes_request(svc, run, R.utcnow())
     job_id = svc.bes.submit(request)
