@@ -536,10 +536,13 @@ class ArmWebServices:
             "percentComplete": 0.0,
         }
         fault = self.emulator.take_fault("arm.lro", kind="job")
+        # {"route": "arm.lro", "no_effect": true}: the operation runs and succeeds, and nothing changes
+        unchanged = self.emulator.take_fault("arm.lro")
         threading.Thread(
             target=self._provision,
             daemon=True,
             args=(service, properties, replace, str(operation), fault.fail if fault else None),
+            kwargs={"no_effect": bool(unchanged and unchanged.no_effect)},
         ).start()
         headers = {"Azure-AsyncOperation": op_url, "Azure-AsyncOperationPercentComplete": "0"}
         minimal = {
@@ -553,10 +556,19 @@ class ArmWebServices:
         return Response(200, minimal, headers)
 
     def _provision(
-        self, service: ArmWebService, properties: dict, replace: bool, operation: str, injected_failure: str | None
+        self,
+        service: ArmWebService,
+        properties: dict,
+        replace: bool,
+        operation: str,
+        injected_failure: str | None,
+        no_effect: bool = False,
     ) -> None:
         time.sleep(float(self.emulator.config.get("lro_seconds", 0.5)))
         op = self.operations[operation]
+        if no_effect:
+            op.update(status="Succeeded", endTime=_now_iso(), percentComplete=1.0)
+            return
         try:
             if injected_failure:
                 raise HttpError(500, "InternalError", injected_failure)

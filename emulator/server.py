@@ -9,7 +9,9 @@ Admin API (JSON, under ``/_emulator/``; never subject to faults):
   ``{"route": "bes.status", "drop": true}`` (close the connection), ``{"route": ..., "delay": 0.5}``,
   ``{"route": "bes.job", "fail": "details text"}`` (the next job fails), ``{"route": "arm.lro", "fail": ...}``
   (the next ARM update's operation ends Failed), ``{"route": "classic.patch", "no_effect": true}`` (200, nothing
-  changes). ``times`` omitted = always.
+  changes; on ``arm.patch`` the operation still runs and succeeds, changing nothing), ``{"route": ...,
+  "status": 200, "body": "<html>...", "content_type": "text/html"}`` (any answer, any shape), ``"after": true``
+  (the request is carried out first, then its answer is dropped or replaced). ``times`` omitted = always.
 * ``DELETE faults`` — clear faults.
 * ``GET  requests`` — the request log (route, method, path, status; never headers).
 * ``GET  jobs`` — every BES job with its request and state.
@@ -97,6 +99,8 @@ class Fault:
     delay: float = 0.0
     fail: str | None = None
     no_effect: bool = False
+    after: bool = False  # handle the request first (the work is done), then fault the answer
+    content_type: str | None = None  # of ``body`` when it is a string (an HTML page, say)
     times: int | None = None
     id: int = 0
 
@@ -266,6 +270,8 @@ class Emulator:
                 entry["route"] = name
                 request.params = match.groupdict()
                 fault = self.take_fault(name)
+                if fault is not None and fault.after:
+                    route_handler(request)  # the service did the work; then its answer is lost or mangled
                 if fault is not None:
                     if fault.delay:
                         time.sleep(fault.delay)
@@ -310,4 +316,6 @@ def _fault_response(fault: Fault) -> Response:
     if body is None:
         code, detail, message = _DEFAULT_FAULT_ERRORS.get(fault.status, ("BadArgument", "UnknownError", "Injected"))
         body = error_body(code, message, [(detail, message)])
+    if fault.content_type:
+        headers["Content-Type"] = fault.content_type
     return Response(fault.status, body, headers)

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import time
 from typing import Any
 from urllib.parse import urlsplit
 
 import requests
 
-from shared.http import ServiceError, ci_get, make_session, send
+from shared import hosts
+from shared.http import ServiceError, ci_get, make_session, read_json, send, text_field
 from shared.redact import hold
 
 SCOPE = "https://management.azure.com/.default"
@@ -26,6 +28,40 @@ TERMINAL = {"succeeded": "Succeeded", "failed": "Failed", "canceled": "Canceled"
 
 class ArmError(ServiceError):
     service = "ARM"
+
+
+_SECONDS = re.compile(r"[0-9]{1,4}")  # a Retry-After in seconds (ASCII digits: "²".isdigit() is true)
+_ASSET = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string"},
+        "type": {"type": "string"},
+        "locationinfo": {"type": ["object", "null"], "properties": {"uri": {"type": ["string", "null"]}}},
+    },
+}
+# What we read of a definition (keys lower-cased): properties.assets, an object of assets.
+DEFINITION_SHAPE = {
+    "type": "object",
+    "required": ["properties"],
+    "properties": {
+        "properties": {
+            "type": "object",
+            "properties": {
+                "packagetype": {"type": ["string", "null"]},
+                "assets": {"type": ["object", "null"], "additionalProperties": _ASSET},
+            },
+        }
+    },
+}
+# An Azure-AsyncOperation status body: an object whose status (or provisioningState) is a string.
+OPERATION_SHAPE = {
+    "type": "object",
+    "properties": {
+        "status": {"type": ["string", "null"]},
+        "provisioningstate": {"type": ["string", "null"]},
+        "error": {"type": ["object", "null"]},
+    },
+}
 
 
 def ci_key(mapping: dict, key: str) -> str:
@@ -128,11 +164,9 @@ class ArmWebServiceClient:
         )
 
     def get(self, resource_id: str) -> dict:
+        """The web service's definition (its shape checked)."""
         response = self._call("get", "GET", self.management_url + resource_id, params={"api-version": self.api_version})
-        try:
-            return response.json()
-        except ValueError:
-            raise ArmError("the web service definition is not JSON", operation="get", transient=True) from None
+        return read_json(response, ArmError, "get", DEFINITION_SHAPE)
 
     def patch(self, resource_id: str, body: dict) -> None:
         """PATCH the definition and wait for its long-running operation; a ``Failed`` status raises."""
@@ -144,9 +178,8 @@ class ArmWebServiceClient:
             self._wait(operation)
 
     def _wait(self, url: str) -> None:
-        host = (urlsplit(url).hostname or "").lower()
-        own = (urlsplit(self.management_url).hostname or "").lower()
-        if host != own and not host.endswith(".management.azure.com"):
+        host = urlsplit(url).hostname
+        if not hosts.same_service(host, urlsplit(self.management_url).hostname or ""):
             # Our bearer token goes to whatever URL we poll: only ever to the management endpoint.
             raise ArmError(
                 f"refusing to follow an operation URL on {host}", operation="update", code="UntrustedOperationUrl"
@@ -154,10 +187,7 @@ class ArmWebServiceClient:
         deadline = time.monotonic() + self._operation_timeout
         while True:
             response = self._call("operation", "GET", url)
-            try:
-                body = response.json()
-            except ValueError:
-                body = {}
+            body = read_json(response, ArmError, "operation", OPERATION_SHAPE)
             status = TERMINAL.get(str(ci_get(body, "status") or ci_get(body, "provisioningState")).lower())
             if status == "Succeeded":
                 return
@@ -169,9 +199,9 @@ class ArmWebServiceClient:
                     or {}
                 )
                 raise ArmError(
-                    str(ci_get(error, "message") or f"the update operation ended {status}"),
+                    text_field(ci_get(error, "message")) or f"the update operation ended {status}",
                     operation="update",
-                    code=ci_get(error, "code") or f"Operation{status}",
+                    code=text_field(ci_get(error, "code")) or f"Operation{status}",
                 )
             if time.monotonic() >= deadline:
                 raise ArmError(
@@ -180,5 +210,5 @@ class ArmWebServiceClient:
                     code="OperationTimeout",
                     transient=True,
                 )
-            retry_after = response.headers.get("Retry-After")
-            time.sleep(min(float(retry_after), 60.0) if retry_after and retry_after.isdigit() else self._poll_seconds)
+            retry_after = (response.headers.get("Retry-After") or "").strip()
+            time.sleep(min(float(retry_after), 60.0) if _SECONDS.fullmatch(retry_after) else self._poll_seconds)

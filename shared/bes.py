@@ -16,7 +16,7 @@ from typing import Any
 
 import requests
 
-from shared.http import ServiceError, make_session, send
+from shared.http import ServiceError, check_shape, make_session, read_json, send
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +24,16 @@ API_VERSION = "2.0"
 STATUSES = ("NotStarted", "Running", "Failed", "Cancelled", "Finished")
 TERMINAL_STATUSES = frozenset({"Failed", "Cancelled", "Finished"})
 _JOB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
+_LEGACY_CODE = re.compile(r"[0-9]{1,3}")
+# The BatchScoreStatus body (keys matched case-insensitively, so checked lower-cased): an object;
+# StatusCode a name or a legacy number; Results, when present, an object (values read if objects).
+STATUS_SHAPE = {
+    "type": "object",
+    "properties": {
+        "statuscode": {"type": ["string", "integer", "null"]},
+        "results": {"type": ["object", "null"]},
+    },
+}
 
 
 class BesError(ServiceError):
@@ -86,17 +96,7 @@ class BesClient:
     def status(self, job_id: str) -> JobStatus:
         """Read a job's status; ``results`` is set once it has Finished."""
         response = self._call("status", "GET", self._job_url(job_id))
-        try:
-            body = response.json()
-        except ValueError:
-            raise BesError(
-                "status response is not JSON",
-                operation="status",
-                http_status=response.status_code,
-                code="UnexpectedResponse",
-                transient=True,
-            ) from None
-        return parse_status(body)
+        return parse_status(read_json(response, BesError, "status"))
 
     def cancel(self, job_id: str) -> None:
         """Cancel (delete) a job; BES marks a NotStarted or Running job Cancelled."""
@@ -136,10 +136,7 @@ def parse_status(body: Any) -> JobStatus:
     ``StatusCode`` may be a name, a legacy integer 0-4 or its string; ``Canceled`` (one L) and the
     docs' ``"Status Code"`` typo are accepted; keys are matched case-insensitively.
     """
-    if not isinstance(body, dict):
-        raise BesError(
-            "status body is not a JSON object", operation="status", code="UnexpectedResponse", transient=True
-        )
+    check_shape(body, STATUS_SHAPE, BesError, "status")
     folded = {str(k).replace(" ", "").lower(): v for k, v in body.items()}
     raw = folded.get("statuscode")
     status = normalise_status(raw)
@@ -158,8 +155,8 @@ def parse_status(body: Any) -> JobStatus:
 def normalise_status(raw: Any) -> str | None:
     if isinstance(raw, bool):
         return None
-    if isinstance(raw, int) or (isinstance(raw, str) and raw.strip().isdigit()):
-        index = int(raw)
+    if isinstance(raw, int) or (isinstance(raw, str) and _LEGACY_CODE.fullmatch(raw.strip())):
+        index = int(raw)  # ASCII digits only: "²" passes str.isdigit() and then int() raises
         return STATUSES[index] if 0 <= index < len(STATUSES) else None
     if isinstance(raw, str):
         folded = raw.strip().lower()

@@ -13,11 +13,35 @@ from typing import Any
 
 import requests
 
-from shared.http import ServiceError, ci_get, make_session, send
+from shared.http import ServiceError, ci_get, make_session, read_json, send
 
 
 class ClassicError(ServiceError):
     service = "classic endpoint"
+
+
+# What we read of an endpoint (keys lower-cased): its Resources, each a Name and a Location.
+ENDPOINT_SHAPE = {
+    "type": "object",
+    "properties": {
+        "resources": {
+            "type": ["array", "null"],
+            "items": {
+                "type": "object",
+                "properties": {
+                    "name": {"type": "string"},
+                    "location": {
+                        "type": ["object", "null"],
+                        "properties": {
+                            "baselocation": {"type": ["string", "null"]},
+                            "relativelocation": {"type": ["string", "null"]},
+                        },
+                    },
+                },
+            },
+        }
+    },
+}
 
 
 class ClassicEndpointClient:
@@ -48,11 +72,8 @@ class ClassicEndpointClient:
         )
 
     def get(self) -> dict:
-        """The endpoint, as the management API describes it."""
-        try:
-            return self._call("get", "GET").json()
-        except ValueError:
-            raise ClassicError("the endpoint description is not JSON", operation="get", transient=True) from None
+        """The endpoint, as the management API describes it (its shape checked)."""
+        return read_json(self._call("get", "GET"), ClassicError, "get", ENDPOINT_SHAPE)
 
     def update_resource(self, resource_name: str, location: dict[str, str]) -> None:
         """Point the endpoint's trained-model resource at a new ``.ilearner``."""

@@ -18,7 +18,7 @@ from shared import runs as R
 from shared import telemetry
 from shared.arm import ArmWebServiceClient, asset_uri, find_asset, with_asset_uri
 from shared.classic import ClassicEndpointClient, ClassicError
-from shared.http import ServiceError
+from shared.http import ServiceError, ci_get
 from shared.runs import Run, lease_lapsed, utcnow
 from shared.settings import ArmTarget, ClassicTarget, Target
 from shared.store import MAX_CONFLICT_RETRIES, StaleError, TargetState
@@ -71,8 +71,8 @@ class ClassicDeployer:
                 operation="verify",
                 code="ResourceNotFound",
             )
-        base = str(location.get("BaseLocation") or "").rstrip("/") + "/"
-        relative = str(location.get("RelativeLocation") or "").lstrip("/")
+        base = str(ci_get(location, "BaseLocation") or "").rstrip("/") + "/"
+        relative = str(ci_get(location, "RelativeLocation") or "").lstrip("/")
         return relative if base == self.storage.blob_base_location else f"{base}{relative}"
 
 

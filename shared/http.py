@@ -46,8 +46,8 @@ class ServiceError(Exception):
         self.message = message
         self.operation = operation
         self.http_status = http_status
-        self.code = code
-        self.detail_codes = detail_codes
+        self.code = None if code is None else str(code)
+        self.detail_codes = tuple(str(c) for c in detail_codes)
         self.transient = transient
 
     def as_record(self) -> dict[str, Any]:
@@ -68,14 +68,29 @@ class ServiceError(Exception):
         return redact(f"{head}: {self.message}")
 
 
+# Answers by which a service says it did not process the request: repeating even a POST is safe.
+REFUSED = frozenset({429, 503})
+
+
 class CappedRetry(Retry):
-    """``urllib3.Retry`` that never sleeps longer than ``max_retry_after`` for a ``Retry-After``.
+    """``urllib3.Retry`` that never sleeps longer than ``max_retry_after`` for a ``Retry-After``, and
+    never repeats a POST that may have reached the service.
 
     An invocation has a time budget: a server asking for an hour is treated as asking for the cap,
     and the attempt after that surfaces the error to the caller (whose trigger retries later).
+
+    A POST creates something (a BES job): after a read timeout or a connection dropped mid-answer the
+    job may exist, and a second POST would create a second one whose id we never learn (BES cannot
+    list jobs). So a POST is retried only when it never left (connection errors) or was refused
+    (429/503); anything else surfaces, and the caller records the attempt.
     """
 
     max_retry_after = 30.0
+
+    def is_retry(self, method: str, status_code: int, has_retry_after: bool = False) -> bool:
+        if (method or "").upper() == "POST":
+            return status_code in REFUSED
+        return super().is_retry(method, status_code, has_retry_after)
 
     def get_retry_after(self, response):
         value = super().get_retry_after(response)
@@ -98,8 +113,8 @@ def make_session(retries: int = 4, backoff: float = 0.5, max_retry_after: float 
         backoff_factor=backoff,
         backoff_max=max_retry_after,
         status_forcelist=(429, 503, 504),
-        # Every method: callers make their non-idempotent calls safe to repeat (see the clients).
-        allowed_methods=None,
+        # POST only as is_retry allows; the others our clients send are idempotent in effect.
+        allowed_methods=frozenset({"GET", "HEAD", "PUT", "PATCH", "DELETE", "OPTIONS"}),
         respect_retry_after_header=True,
         raise_on_status=False,
     )
@@ -140,19 +155,22 @@ def send(
 
 
 def error_from_response(error_type: type[ServiceError], operation: str, response: requests.Response) -> ServiceError:
-    """Read ``{"error": {code, message, details: [{code, message}]}}``; tolerate any other body."""
+    """Read ``{"error": {code, message, details: [{code, message}]}}``, taking what has the right type
+    and ignoring the rest: an error is reported whatever shape its body has."""
     code, details, message = None, (), response.reason or ""
     try:
-        error = response.json().get("error") or {}
-    except (ValueError, AttributeError):
-        error = {}
-        message = response.text[:500] or message
+        body = response.json()
+    except ValueError:
+        body = None
+        message = redact(response.text)[:500] or message
+    error = ci_get(body, "error")
     if isinstance(error, dict):
-        code = error.get("code") or None
-        message = error.get("message") or message
-        items = [d for d in error.get("details") or [] if isinstance(d, dict)]
-        details = tuple(str(d["code"]) for d in items if d.get("code"))
-        detail_messages = [str(d["message"]) for d in items if d.get("message")]
+        code = text_field(ci_get(error, "code")) or None
+        message = text_field(ci_get(error, "message")) or message
+        items = ci_get(error, "details")
+        items = [d for d in items if isinstance(d, dict)] if isinstance(items, list) else []
+        details = tuple(c for c in (text_field(ci_get(d, "code")) for d in items) if c)
+        detail_messages = [m for m in (text_field(ci_get(d, "message")) for d in items) if m]
         if detail_messages:
             message = " ".join([message, *detail_messages]).strip()
     return error_type(
@@ -163,3 +181,66 @@ def error_from_response(error_type: type[ServiceError], operation: str, response
         detail_codes=details,
         transient=response.status_code in TRANSIENT_HTTP,
     )
+
+
+def text_field(value: Any) -> str:
+    """A string field of an error body: strings as they are, numbers as text, anything else ignored."""
+    if isinstance(value, str):
+        return value
+    return str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else ""
+
+
+def folded(value: Any) -> Any:
+    """``value`` with every object key lower-cased, for checking the shape of an answer whose key
+    casing varies (the clients read keys case-insensitively)."""
+    if isinstance(value, dict):
+        return {str(k).lower(): folded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [folded(v) for v in value]
+    return value
+
+
+_SHAPE_VALIDATORS: dict[int, Any] = {}
+
+
+def check_shape(
+    body: Any, shape: dict, error_type: type[ServiceError], operation: str, http_status: int | None = None
+) -> Any:
+    """``body`` if it has ``shape`` (a JSON Schema over lower-cased keys), else a transient
+    ``UnexpectedResponse``: a service answering the wrong shape is recorded and retried, never a crash."""
+    validator = _SHAPE_VALIDATORS.get(id(shape))
+    if validator is None:
+        from jsonschema import Draft202012Validator
+
+        validator = _SHAPE_VALIDATORS[id(shape)] = Draft202012Validator(shape)
+    from jsonschema.exceptions import best_match
+
+    problem = best_match(validator.iter_errors(folded(body)))
+    if problem is not None:
+        raise error_type(
+            f"unexpected answer: at {problem.json_path}, {problem.message[:300]}",
+            operation=operation,
+            http_status=http_status,
+            code="UnexpectedResponse",
+            transient=True,
+        )
+    return body
+
+
+def read_json(
+    response: requests.Response, error_type: type[ServiceError], operation: str, shape: dict | None = None
+) -> Any:
+    """The JSON body of a successful answer, checked against ``shape``; anything else (an HTML page
+    from a proxy, a truncated body, the wrong shape) is a transient ``UnexpectedResponse``."""
+    try:
+        body = response.json()
+    except ValueError:
+        kind = response.headers.get("Content-Type") or "no content type"
+        raise error_type(
+            f"the answer is not JSON ({kind}): {redact(response.text[:200])!r}",
+            operation=operation,
+            http_status=response.status_code,
+            code="UnexpectedResponse",
+            transient=True,
+        ) from None
+    return body if shape is None else check_shape(body, shape, error_type, operation, response.status_code)

@@ -16,9 +16,11 @@ from shared import gate, telemetry
 from shared import runs as R
 from shared.bes import BesError
 from shared.http import ServiceError
+from shared.redact import redact
 from shared.runs import Run, utcnow
 from shared.workflow import (
     LEASE,
+    SAS_MARGIN,
     Outcome,
     RetryLater,
     Services,
@@ -47,13 +49,29 @@ def poll(svc: Services, *, actor: str, now: dt.datetime | None = None) -> list[O
 
 
 def _poll_safely(svc: Services, run_id: str, actor: str, now: dt.datetime | None, since: dt.datetime | None) -> Outcome:
-    """A service failure is logged and retried at the next tick, not raised to the host."""
+    """A failure is recorded on the run and retried at the next tick, not raised to the host; whatever
+    failed, a run past its deadline still ends (TimedOut)."""
+    now = now or utcnow()
+    with telemetry.bind(pipeline=svc.settings.pipeline, run_id=run_id):
+        try:
+            return poll_run(svc, run_id, actor=actor, now=now, slot_since=since)
+        except (ServiceError, RetryLater) as exc:
+            log.warning("run %s: poll will retry: %s", run_id, exc)
+            return Outcome(run_id, "?", "retry")
+        except Exception as exc:  # a bug or an answer nobody foresaw: the run must still end
+            log.exception("run %s: unexpected error while polling", run_id)
+            return _record_unexpected(svc, run_id, actor, now, exc)
+
+
+def _record_unexpected(svc: Services, run_id: str, actor: str, now: dt.datetime, exc: Exception) -> Outcome:
+    error = {"code": "Unexpected", "message": f"{type(exc).__name__}: {exc}", "transient": True}
     try:
-        with telemetry.bind(pipeline=svc.settings.pipeline, run_id=run_id):
-            return poll_run(svc, run_id, actor=actor, now=now or utcnow(), slot_since=since)
-    except (ServiceError, RetryLater) as exc:
-        log.warning("run %s: poll will retry: %s", run_id, exc)
-        return Outcome(run_id, "?", "retry")
+        run = svc.store.get(svc.settings.pipeline, run_id)
+        if run is not None and run.status == R.RUNNING and run.job_id:
+            return _check_failed(svc, run, actor, now, error)
+    except Exception:  # storage itself is failing: nothing can be recorded now; the next tick retries
+        log.exception("run %s: could not record the failure", run_id)
+    return Outcome(run_id, "?", "retry")
 
 
 def poll_run(
@@ -87,29 +105,28 @@ def _check_job(svc: Services, run: Run, actor: str, now: dt.datetime) -> Outcome
         return _check_job_bound(svc, run, actor, now)
 
 
+def deadline_of(svc: Services, run: Run) -> dt.datetime:
+    """When the run's job has had its allowed time (``JOB_TIMEOUT_MINUTES`` from its submission)."""
+    return (run.submitted_at or run.created_at) + dt.timedelta(minutes=svc.settings.job_timeout_minutes)
+
+
 def _check_job_bound(svc: Services, run: Run, actor: str, now: dt.datetime) -> Outcome:
-    status = svc.bes.status(run.job_id)
+    try:
+        status = svc.bes.status(run.job_id)
+    except BesError as exc:
+        if not exc.transient:  # the job is unknown (404), or our key no longer opens it (401/403)
+            return _end(
+                svc, run, actor, R.FAILED, f"BES job {run.job_id} cannot be checked: {exc}", error=exc.as_record()
+            )
+        return _check_failed(svc, run, actor, now, exc.as_record())
     if status.status in ("NotStarted", "Running"):
-        deadline = (run.submitted_at or run.created_at) + dt.timedelta(minutes=svc.settings.job_timeout_minutes)
-        if now < deadline:
+        if now < deadline_of(svc, run):
             return Outcome(run.run_id, run.status, "running")
-        try:
-            svc.bes.cancel(run.job_id)
-        except BesError as exc:
-            if exc.http_status != 404:
-                raise
-        return _end(
-            svc,
-            run,
-            actor,
-            R.TIMED_OUT,
-            f"BES job {run.job_id} still {status.status} after {svc.settings.job_timeout_minutes} minutes: cancelled",
-            error={"code": "JobTimeout", "message": f"job was {status.status} at the deadline"},
-        )
+        return _time_out(svc, run, actor, now, f"still {status.status}")
     if status.status == "Cancelled":
         return _end(svc, run, actor, R.CANCELLED, f"BES job {run.job_id} was cancelled outside this app")
     if status.status == "Failed":
-        details = (status.details or "no details")[:4000]
+        details = redact(status.details or "no details")[:4000]  # redacted whole, then cut
         if svc.settings.resubmit_failed_jobs and run.attempts < svc.settings.max_attempts:
             return _resubmit(svc, run, actor, details)
         return _end(
@@ -121,6 +138,56 @@ def _check_job_bound(svc: Services, run: Run, actor: str, now: dt.datetime) -> O
             error={"code": "JobFailed", "message": details},
         )
     return _judge(svc, run, actor, status.results or {})
+
+
+def _check_failed(
+    svc: Services, run: Run, actor: str, now: dt.datetime, error: dict, *, enforce: bool = True
+) -> Outcome:
+    """A status check (or judging a finished job) failed for a reason that may pass: count it, keep the
+    last error, note it when the error changes — and once the deadline has passed, time the run out."""
+
+    def change(current: Run) -> bool:
+        if current.status != R.RUNNING or current.job_id != run.job_id:
+            return False
+        previous = current.last_check_error or {}
+        current.check_failures += 1
+        current.last_check_error = {**error, "at": R._iso(now)}
+        current.updated_at = now
+        if previous.get("code") != error.get("code"):
+            current.note(by=actor, reason=f"checking BES job {run.job_id} failed: {error.get('message', '')[:300]}")
+        return True
+
+    current = svc.store.update(run.pipeline, run.run_id, change) or run
+    if enforce and current.status == R.RUNNING and now >= deadline_of(svc, current):
+        return _time_out(svc, current, actor, now, f"unchecked ({current.check_failures} failed checks)")
+    log.warning("run %s: checking BES job %s failed, will retry: %s", run.run_id, run.job_id, error.get("message"))
+    return Outcome(run.run_id, current.status, "retry")
+
+
+def _time_out(svc: Services, run: Run, actor: str, now: dt.datetime, state: str) -> Outcome:
+    """The deadline has passed: cancel the job and end the run. If the cancel fails for a reason that
+    may pass, it is tried again at each tick until the job's SAS have expired (deadline + margin):
+    from then on the job can neither read the data nor write a model, and the run ends regardless."""
+    minutes = svc.settings.job_timeout_minutes
+    try:
+        svc.bes.cancel(run.job_id)
+        cancelled = "cancelled"
+    except BesError as exc:
+        if exc.transient and now < deadline_of(svc, run) + SAS_MARGIN:
+            return _check_failed(svc, run, actor, now, {**exc.as_record(), "operation": "BES cancel"}, enforce=False)
+        cancelled = "gone" if exc.http_status == 404 else f"not cancelled ({exc}); its SAS have expired"
+    return _end(
+        svc,
+        run,
+        actor,
+        R.TIMED_OUT,
+        f"BES job {run.job_id} {state} after {minutes} minutes: {cancelled}",
+        error={
+            "code": "JobTimeout",
+            "message": f"job was {state} at the deadline",
+            "check_failures": run.check_failures,
+        },
+    )
 
 
 def _end(svc: Services, run: Run, actor: str, status: str, reason: str, **changes) -> Outcome:

@@ -123,6 +123,8 @@ class Run:
     blob_last_modified: dt.datetime | None = None
     job_id: str | None = None
     attempts: int = 0
+    check_failures: int = 0  # status checks of the job that failed (any reason), all told
+    last_check_error: dict[str, Any] | None = None
     lease_owner: str | None = None
     lease_until: dt.datetime | None = None
     ended_at: dt.datetime | None = None
@@ -200,7 +202,8 @@ class Run:
             if not hasattr(self, name):
                 raise AttributeError(name)
             # Recorded text is redacted whole, before anything truncates it (a cut secret is a leak).
-            setattr(self, name, redact_tree(value) if name in ("error", "targets", "gate") else value)
+            recorded = name in ("error", "targets", "gate", "last_check_error")
+            setattr(self, name, redact_tree(value) if recorded else value)
 
     def _stamp(self, now: dt.datetime) -> str:
         """``now`` for a new history entry, never before the last one: a writer whose clock was read
@@ -233,6 +236,8 @@ class Run:
             "blob_last_modified": self.blob_last_modified,
             "job_id": self.job_id,
             "attempts": self.attempts,
+            "check_failures": self.check_failures,
+            "last_check_error": json.dumps(self.last_check_error) if self.last_check_error else None,
             "lease_owner": self.lease_owner,
             "lease_until": self.lease_until,
             "ended_at": self.ended_at,
@@ -269,6 +274,8 @@ class Run:
             blob_last_modified=_dt(get("blob_last_modified")),
             job_id=get("job_id"),
             attempts=int(get("attempts", 0)),
+            check_failures=int(get("check_failures", 0)),
+            last_check_error=json.loads(get("last_check_error")) if get("last_check_error") else None,
             lease_owner=get("lease_owner"),
             lease_until=_dt(get("lease_until")),
             ended_at=_dt(get("ended_at")),

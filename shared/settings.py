@@ -8,7 +8,6 @@ first invocation names the bad setting in the invocation log.
 from __future__ import annotations
 
 import functools
-import ipaddress
 import json
 import os
 import re
@@ -117,6 +116,7 @@ class Settings:
     retrain_schedule: str | None = None
     retrain_always: bool = False
     debounce_seconds: int = 0
+    extra_allowed_hosts: tuple[str, ...] = ()
 
     def target(self, name: str) -> Target | None:
         return next((t for t in self.targets if t.name == name), None)
@@ -181,6 +181,13 @@ class Settings:
                 raise SettingsError(name, f"{value!r} is not a usable web service input/output name")
             return value
 
+        from shared import hosts
+
+        try:
+            extra = hosts.parse_extra(env.get("EXTRA_ALLOWED_HOSTS"))
+        except hosts.HostRefused as exc:
+            raise SettingsError("EXTRA_ALLOWED_HOSTS", str(exc)) from None
+
         storage, identity = None, None
         if (env.get("AzureWebJobsStorage") or "").strip():
             storage = get("AzureWebJobsStorage")
@@ -193,7 +200,7 @@ class Settings:
                     "(AzureWebJobsStorage__accountName or __blobServiceUri/__queueServiceUri/__tableServiceUri)",
                 )
         else:
-            identity = storage_identity(env)
+            identity = storage_identity(env, extra)
 
         raw_params = get("BES_GLOBAL_PARAMETERS", "{}")
         try:
@@ -246,7 +253,7 @@ class Settings:
         settings = cls(
             storage_connection=storage,
             storage_identity=identity,
-            bes_jobs_url=jobs_url(get("BES_JOBS_URL")),
+            bes_jobs_url=jobs_url(get("BES_JOBS_URL"), extra=extra),
             bes_api_key=get("BES_API_KEY"),
             training_container=training,
             models_container=models,
@@ -266,7 +273,8 @@ class Settings:
             gate_metric=get("GATE_METRIC", "AUC"),
             gate_min=number("GATE_MIN", None, -1e9, 1e9),
             gate_min_improvement=number("GATE_MIN_IMPROVEMENT", 0.0, -1e9, 1e9),
-            targets=parse_targets(get("DEPLOY_TARGETS", "[]"), env),
+            targets=parse_targets(get("DEPLOY_TARGETS", "[]"), env, extra),
+            extra_allowed_hosts=extra,
             commands_queue=queue,
             deploy_sas_days=integer("DEPLOY_SAS_DAYS", 365, 1, 3650),
             arm_poll_seconds=number("ARM_POLL_SECONDS", 5.0, 0.05, 60),
@@ -297,7 +305,7 @@ def hold_secrets(settings: Settings, env: Mapping[str, str]) -> None:
     hold(settings.bes_api_key, account_key, settings.storage_connection, *keys, *(env.get(n) for n in PLATFORM_SECRETS))
 
 
-def storage_identity(env: Mapping[str, str]) -> StorageIdentity:
+def storage_identity(env: Mapping[str, str], extra: tuple[str, ...] = ()) -> StorageIdentity:
     """The identity-based form of ``AzureWebJobsStorage`` (as the Functions host reads it)."""
     prefix = "AzureWebJobsStorage__"
     name = (env.get(prefix + "accountName") or "").strip()
@@ -317,12 +325,12 @@ def storage_identity(env: Mapping[str, str]) -> StorageIdentity:
             "connection needs all three service URIs (or __accountName)",
         )
     for kind, uri in uris.items():
-        _https_url(uri, f"{prefix}{kind}ServiceUri")
+        _https_url(uri, f"{prefix}{kind}ServiceUri", "storage", extra)
     client_id = (env.get(prefix + "clientId") or "").strip() or None
     return StorageIdentity(uris["blob"].rstrip("/"), uris["queue"].rstrip("/"), uris["table"].rstrip("/"), client_id)
 
 
-def parse_targets(raw: str, env: Mapping[str, str]) -> tuple[Target, ...]:
+def parse_targets(raw: str, env: Mapping[str, str], extra: tuple[str, ...] = ()) -> tuple[Target, ...]:
     """Parse ``DEPLOY_TARGETS``: a JSON list of named classic or ARM targets, strictly.
 
     A classic target's key may be given inline (``api_key``) or, better, by naming another app setting
@@ -365,7 +373,7 @@ def parse_targets(raw: str, env: Mapping[str, str]) -> tuple[Target, ...]:
         if missing:
             raise SettingsError(name, f"{where} is missing {', '.join(sorted(missing))}")
         if kind == "classic":
-            url = _https_url(fields["endpoint_url"], f"{name} {where} endpoint_url")
+            url = _https_url(fields["endpoint_url"], f"{name} {where} endpoint_url", "classic", extra)
             if not _CLASSIC_ENDPOINT_RE.fullmatch(urlsplit(url).path):
                 raise SettingsError(
                     name,
@@ -392,46 +400,48 @@ def parse_targets(raw: str, env: Mapping[str, str]) -> tuple[Target, ...]:
             if version not in ARM_API_VERSIONS:
                 raise SettingsError(name, f"{where}: api_version must be one of {', '.join(ARM_API_VERSIONS)}")
             management = _https_url(
-                fields.get("management_url", "https://management.azure.com"), f"{name} {where} management_url"
+                fields.get("management_url", "https://management.azure.com"),
+                f"{name} {where} management_url",
+                "arm",
+                extra,
             ).rstrip("/")
             targets.append(ArmTarget(target_name, fields["resource_id"], fields.get("asset_name"), management, version))
     return tuple(targets)
 
 
-def _https_url(raw: str, what: str) -> str:
+def _https_url(raw: str, what: str, kind: str, extra: tuple[str, ...] = ()) -> str:
+    """``raw`` if it is an https URL (http only on loopback) whose host may receive ``kind`` credentials
+    (``shared/hosts.py``); the error names the setting, ``what``'s first word."""
+    from shared import hosts
+
+    setting = what.split()[0]
+    where = "" if what == setting else f"{what}: "
     parts = urlsplit(raw)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise SettingsError(what.split()[0], f"{what}: {raw!r} is not an http(s) URL")
-    if parts.scheme == "http" and not _is_loopback(parts.hostname):
-        raise SettingsError(what.split()[0], f"{what} must use https (plain http only for a local emulator)")
+        raise SettingsError(setting, f"{where}{raw!r} is not an http(s) URL")
+    if parts.username is not None or parts.password is not None:
+        raise SettingsError(setting, f"{where}the URL must not carry credentials")
+    try:
+        host = hosts.check(parts.hostname, kind, extra)
+    except hosts.HostRefused as exc:
+        raise SettingsError(setting, f"{where}{exc}") from None
+    if parts.scheme == "http" and not hosts.is_loopback(host):
+        raise SettingsError(setting, f"{where}must use https (plain http only for a local emulator)")
     return raw
 
 
-def jobs_url(raw: str, name: str = "BES_JOBS_URL") -> str:
+def jobs_url(raw: str, name: str = "BES_JOBS_URL", extra: tuple[str, ...] = ()) -> str:
     """Normalise a BES ``.../jobs`` URL (ADF accepts it with or without ``?api-version=2.0``).
 
-    Plain ``http`` is refused except on loopback (the local emulator): the API key travels in a header.
+    Only a classic runtime host (or loopback: the local emulator) gets the API key, over https.
     """
-    parts = urlsplit(raw)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise SettingsError(name, f"{raw!r} is not an http(s) URL")
-    if parts.scheme == "http" and not _is_loopback(parts.hostname):
-        raise SettingsError(name, "must use https (plain http is allowed only for a local emulator)")
+    parts = urlsplit(_https_url(raw, name, "bes", extra))
     path = parts.path.rstrip("/")
     if not path.endswith("/jobs"):
         raise SettingsError(name, "must be the training web service's .../jobs URL")
     if parts.query and parts.query != "api-version=2.0":
         raise SettingsError(name, f"unexpected query {parts.query!r} (only api-version=2.0 is allowed)")
     return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 _NCRONTAB_FIELD = re.compile(r"^[0-9A-Za-z*/,\-]+$")

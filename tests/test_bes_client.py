@@ -136,13 +136,32 @@ def test_429_and_504_are_retried(svc, fresh_emulator):
     assert statuses == [429, 504, 200]
 
 
-def test_a_dropped_connection_is_retried(svc, fresh_emulator):
+def test_a_dropped_connection_is_retried_for_a_read_but_a_post_is_never_repeated(svc, fresh_emulator):
     bes = client(fresh_emulator)
     job_id = bes.submit(request_for(svc)[0])
-    fresh_emulator.admin("POST", "faults", {"route": "bes.start", "drop": True, "times": 1})
-    bes.start(job_id)
-    statuses = [r["status"] for r in fresh_emulator.admin("GET", "requests") if r["route"] == "bes.start"]
-    assert statuses == ["dropped", 200]
+    # GIVEN a status read whose connection drops: repeating a GET is harmless
+    fresh_emulator.admin("POST", "faults", {"route": "bes.status", "drop": True, "times": 1})
+    assert bes.status(job_id).status == "NotStarted"
+    # WHEN a POST's connection drops after the service received it (it may have created a job)
+    fresh_emulator.admin("POST", "faults", {"route": "bes.submit", "drop": True, "times": 1})
+    with pytest.raises(BesError) as caught:
+        bes.submit(request_for(svc)[0])
+    # THEN it is not sent again (a second job would be an orphan nobody can find): the caller records it
+    assert caught.value.transient and caught.value.code == "ConnectionError"
+    log = fresh_emulator.admin("GET", "requests")
+    assert [r["status"] for r in log if r["route"] == "bes.status"] == ["dropped", 200]
+    assert [r["status"] for r in log if r["route"] == "bes.submit"] == [200, "dropped"]
+
+
+def test_a_post_the_service_refused_unprocessed_is_retried(svc, fresh_emulator):
+    fresh_emulator.admin("POST", "faults", {"route": "bes.submit", "status": 429, "times": 1})
+    fresh_emulator.admin("POST", "faults", {"route": "bes.submit", "status": 504, "times": 1})
+    bes = client(fresh_emulator)
+    # 429 says "not processed": repeated; 504 may have been processed: surfaced, not repeated
+    with pytest.raises(BesError) as caught:
+        bes.submit(request_for(svc)[0])
+    assert caught.value.http_status == 504 and caught.value.transient
+    assert [r["status"] for r in fresh_emulator.admin("GET", "requests") if r["route"] == "bes.submit"] == [429, 504]
 
 
 def test_exhausted_retries_surface_as_a_transient_error_with_the_service_codes(svc, fresh_emulator):

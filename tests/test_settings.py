@@ -29,7 +29,7 @@ def test_the_api_key_is_not_in_the_settings_repr():
         ("AzureWebJobsStorage", "not-a-connection-string", "connection string"),
         ("BES_JOBS_URL", "ftp://x/jobs", "http(s) URL"),
         ("BES_JOBS_URL", "http://ussouthcentral.services.azureml.net/workspaces/a/services/b/jobs", "https"),
-        ("BES_JOBS_URL", "https://host/workspaces/a/services/b/execute", ".../jobs URL"),
+        ("BES_JOBS_URL", "https://uswestcentral.services.azureml.net/workspaces/a/services/b/execute", ".../jobs URL"),
         ("BES_JOBS_URL", JOBS + "?api-version=1.0", "unexpected query"),
         ("TRAINING_CONTAINER", "Bad_Name", "not a valid container name"),
         ("MODELS_CONTAINER", "training-data", "must differ"),
@@ -166,3 +166,91 @@ def test_the_documented_sample_settings_are_valid():
     settings = Settings.from_env(values)
     assert [t.kind for t in settings.targets] == ["classic", "arm"]
     assert settings.targets[0].api_key == values["BES_API_KEY"]  # by api_key_setting
+
+
+ENDPOINT_PATH = "/workspaces/w/webservices/s/endpoints/e"
+
+
+@pytest.mark.parametrize(
+    ("setting", "url", "why"),
+    [
+        # the instance metadata service would hand a token to whoever asks it for one
+        ("BES_JOBS_URL", "https://169.254.169.254/workspaces/a/services/b/jobs", "link-local"),
+        ("BES_JOBS_URL", "https://10.1.2.3/workspaces/a/services/b/jobs", "private"),
+        ("BES_JOBS_URL", "https://[fe80::1]/workspaces/a/services/b/jobs", "link-local"),
+        ("BES_JOBS_URL", "https://collector.example.com/workspaces/a/services/b/jobs", "not a known Azure ML host"),
+        # a compute instance is a user's machine under azureml.net, not a runtime host
+        ("BES_JOBS_URL", "https://ci1.eastus.instances.azureml.net/workspaces/a/services/b/jobs", "not a known"),
+        ("BES_JOBS_URL", "https://management.azure.com/workspaces/a/services/b/jobs", "for bes calls"),
+        ("BES_JOBS_URL", "https://u:p@ussouthcentral.services.azureml.net/workspaces/a/services/b/jobs", "credentials"),
+        ("DEPLOY_TARGETS", f"https://ussouthcentral.services.azureml.net{ENDPOINT_PATH}", "for classic calls"),
+        ("DEPLOY_TARGETS", f"https://169.254.169.254{ENDPOINT_PATH}", "link-local"),
+        ("DEPLOY_TARGETS", "https://169.254.169.254", "link-local"),
+        ("DEPLOY_TARGETS", "https://management.evil.example", "for arm calls"),
+    ],
+)
+def test_credentials_never_go_to_a_host_outside_azure_ml_or_to_an_ip_address(setting, url, why):
+    import json
+
+    env = dict(BASE)
+    if setting == "BES_JOBS_URL":
+        env["BES_JOBS_URL"] = url
+    elif url.endswith(ENDPOINT_PATH):
+        env["DEPLOY_TARGETS"] = json.dumps([{**CLASSIC, "endpoint_url": url}])
+    else:
+        env["DEPLOY_TARGETS"] = json.dumps([{**ARM, "management_url": url}])
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env(env)
+    assert caught.value.setting == setting
+    assert why in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "jobs",
+    [
+        "https://germanycentral.services.azureml.de/workspaces/a/services/b/jobs",
+        "https://chinaeast.services.azureml.cn/workspaces/a/services/b/jobs",
+        "https://USSOUTHCENTRAL.services.azureml.net/workspaces/a/services/b/jobs",
+        "http://127.0.0.1:8900/workspaces/a/services/b/jobs",
+        "http://[::1]:8900/workspaces/a/services/b/jobs",
+    ],
+)
+def test_the_classic_hosts_of_every_cloud_and_loopback_are_accepted(jobs):
+    assert Settings.from_env({**BASE, "BES_JOBS_URL": jobs}).bes_jobs_url.lower() == jobs.lower()
+
+
+def test_sovereign_arm_and_management_hosts_are_accepted():
+    import json
+
+    targets = [
+        {**CLASSIC, "endpoint_url": f"https://germanycentral.management.azureml.de{ENDPOINT_PATH}"},
+        *(
+            {**ARM, "name": f"arm-{i}", "management_url": url}
+            for i, url in enumerate(("https://management.usgovcloudapi.net", "https://management.chinacloudapi.cn"))
+        ),
+    ]
+    s = Settings.from_env({**BASE, "DEPLOY_TARGETS": json.dumps(targets)})
+    assert [t.name for t in s.targets] == ["prod", "arm-0", "arm-1"]
+
+
+def test_another_host_is_accepted_only_when_allow_listed_by_name():
+    proxy = "https://ml-proxy.contoso.com/workspaces/a/services/b/jobs"
+    with pytest.raises(SettingsError, match="EXTRA_ALLOWED_HOSTS"):
+        Settings.from_env({**BASE, "BES_JOBS_URL": proxy})
+    assert Settings.from_env({**BASE, "BES_JOBS_URL": proxy, "EXTRA_ALLOWED_HOSTS": "*.contoso.com"}).bes_jobs_url
+    listed = {**BASE, "BES_JOBS_URL": proxy, "EXTRA_ALLOWED_HOSTS": "ml-proxy.contoso.com, other.example.org"}
+    assert Settings.from_env(listed).extra_allowed_hosts == ("ml-proxy.contoso.com", "other.example.org")
+    # an address is never allowed, listed or not
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env({**BASE, "EXTRA_ALLOWED_HOSTS": "169.254.169.254"})
+    assert caught.value.setting == "EXTRA_ALLOWED_HOSTS" and "IP address" in str(caught.value)
+    metadata = {**BASE, "BES_JOBS_URL": "https://169.254.169.254/workspaces/a/services/b/jobs"}
+    with pytest.raises(SettingsError, match="link-local"):
+        Settings.from_env({**metadata, "EXTRA_ALLOWED_HOSTS": "*.contoso.com"})
+
+
+def test_a_trailing_newline_does_not_pass_a_name_pattern():
+    import json
+
+    with pytest.raises(SettingsError, match="needs a name"):
+        Settings.from_env({**BASE, "DEPLOY_TARGETS": json.dumps([{**CLASSIC, "name": "prod\n"}])})
