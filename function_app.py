@@ -88,7 +88,11 @@ if retrain_schedule():  # off by default: a timer needs a schedule, and "off" ha
 def _json(body: object, status: int = 200) -> func.HttpResponse:
     import json
 
-    return func.HttpResponse(json.dumps(body, default=str), status_code=status, mimetype="application/json")
+    from shared.status import SECURITY_HEADERS
+
+    return func.HttpResponse(
+        json.dumps(body, default=str), status_code=status, mimetype="application/json", headers=SECURITY_HEADERS
+    )
 
 
 @app.function_name("api_runs")
@@ -98,15 +102,9 @@ def api_runs(req: func.HttpRequest) -> func.HttpResponse:
     from shared import status
 
     try:
-        limit = int(req.params.get("limit", "20"))
-        page = status.list_runs(
-            workflow.get_services(),
-            status=req.params.get("status") or None,
-            limit=limit,
-            cursor=req.params.get("cursor") or None,
-        )
-    except ValueError as exc:
-        return _json({"error": {"code": "BadRequest", "message": str(exc)}}, 400)
+        page = status.list_runs(workflow.get_services(), **status.page_params(req.params))
+    except status.BadParameter as exc:
+        return _json({"error": {"code": "BadParameter", "parameter": exc.parameter, "message": str(exc)}}, 400)
     return _json(page)
 
 
@@ -141,4 +139,4 @@ def status_page(req: func.HttpRequest) -> func.HttpResponse:
 
     code = req.params.get("code")
     page = status.page_html(workflow.get_services(), link_query=f"?{urlencode({'code': code})}" if code else "")
-    return func.HttpResponse(page, mimetype="text/html", charset="utf-8")
+    return func.HttpResponse(page, mimetype="text/html", charset="utf-8", headers=status.SECURITY_HEADERS)

@@ -12,6 +12,7 @@ import threading
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import parse_qs, unquote
 
 from emulator import training
 from emulator.blobio import BlobReference, ReferenceError_, parse_reference
@@ -235,9 +236,12 @@ class BatchExecutionService:
         if job.cancelled.wait(float(self.emulator.config.get("job_seconds", 1.0))):
             return
         try:
-            if injected_failure:
-                raise training.ModuleError(injected_failure)
             ((_name, source),) = job.inputs.items()
+            if injected_failure:  # may quote the input as a service error text would, SAS and all
+                url = f"{(source.base_location or '').rstrip('/')}/{source.relative_location}{source.sas_token or ''}"
+                signature = unquote((parse_qs((source.sas_token or "").lstrip("?")).get("sig") or [""])[0])
+                text = injected_failure.replace("{input_url}", url).replace("{input_signature}", signature)
+                raise training.ModuleError(text)
             text = source.client().download_blob().readall().decode("utf-8-sig")
             model, metrics = training.train(
                 text,

@@ -673,6 +673,8 @@ class Identity:
         self.header_secret = header_secret
         self.tokens: dict[str, tuple[str, float]] = {}
         emulator.route("GET", r"/msi/token", "identity.token", self.token)
+        # Every token issued, for tests that look for them where they must never be.
+        emulator.admin("GET", "tokens", lambda r: Response(200, sorted(self.tokens)))
 
     def token(self, request: Request) -> Response:
         if not hmac.compare_digest(request.headers.get("X-IDENTITY-HEADER") or "", self.header_secret):

@@ -7,14 +7,17 @@ Admin API (JSON, under ``/_emulator/``; never subject to faults):
 * ``POST config`` — ``{"job_seconds": 1.0, "lro_seconds": 0.5, "legacy_status_codes": false}``.
 * ``POST faults`` — add a fault: ``{"route": "bes.submit", "status": 503, "retry_after": 1, "times": 2}``,
   ``{"route": "bes.status", "drop": true}`` (close the connection), ``{"route": ..., "delay": 0.5}``,
-  ``{"route": "bes.job", "fail": "details text"}`` (the next job fails), ``{"route": "arm.lro", "fail": ...}``
-  (the next ARM update's operation ends Failed), ``{"route": "classic.patch", "no_effect": true}`` (200, nothing
-  changes; on ``arm.patch`` the operation still runs and succeeds, changing nothing), ``{"route": ...,
-  "status": 200, "body": "<html>...", "content_type": "text/html"}`` (any answer, any shape), ``"after": true``
-  (the request is carried out first, then its answer is dropped or replaced). ``times`` omitted = always.
+  ``{"route": ..., "status": 200, "body": "<html>...", "content_type": "text/html"}`` (any answer, any shape),
+  ``"after": true`` (the request is carried out first, then its answer is dropped or replaced),
+  ``{"route": "bes.job", "fail": "details text"}`` (the next job fails; ``{input_url}`` and
+  ``{input_signature}`` in the text quote the job's input reference, SAS included, as a real error might),
+  ``{"route": "arm.lro", "fail": ...}`` (the next ARM update's operation ends Failed), ``{"route": "arm.lro",
+  "no_effect": true}`` (it succeeds and changes nothing), ``{"route": "classic.patch", "no_effect": true}``
+  (200, nothing changes). ``times`` omitted = always.
 * ``DELETE faults`` — clear faults.
 * ``GET  requests`` — the request log (route, method, path, status; never headers).
 * ``GET  jobs`` — every BES job with its request and state.
+* ``GET  tokens`` — every managed-identity token issued (for secret scans).
 * ``POST services`` — register a training service ``{"workspace", "service", "api_key", ...}``.
 """
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from azure.core.exceptions import HttpResponseError
 from azure.storage.blob import BlobServiceClient
 
 log = logging.getLogger("localdev.runner")
@@ -92,7 +93,13 @@ class LocalHost:
         self.receipts: set[tuple[str, str, str, str]] = set()
         self.failures: Counter = Counter()
         self._next_due: dict[str, dt.datetime] = {}
+        self._warned: set = set()
         self._http_servers: list = []
+
+    def _warn_once(self, key, message: str, *args) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning(message, *args)
 
     @staticmethod
     def resolve(value: str) -> str:
@@ -110,7 +117,8 @@ class LocalHost:
         value = os.environ.get(connection)
         if not value:
             raise LookupError(f"connection setting {connection!r} is not set")
-        return BlobServiceClient.from_connection_string(value)
+        # No SDK retries (its default spends ~84 s on a failing call): the next scan is the retry.
+        return BlobServiceClient.from_connection_string(value, retry_total=0)
 
     def _bindings(self, trigger_type: str):
         for name, function in self.functions.items():
@@ -132,7 +140,20 @@ class LocalHost:
             container_client = service.get_container_client(container)
             if not container_client.exists():
                 continue
-            for blob in container_client.list_blobs():
+            try:
+                blobs = list(container_client.list_blobs())
+            except HttpResponseError as exc:
+                # Azurite answers 500 to a listing that holds a name with a control character (Azure
+                # itself returns such names Encoded="true"): say so once, keep scanning the others.
+                self._warn_once(
+                    (container, exc.status_code),
+                    "cannot list container %s (HTTP %s): a blob name with a control character? Azurite cannot list "
+                    "those; rename or delete it (the other containers are still scanned)",
+                    container,
+                    exc.status_code,
+                )
+                continue
+            for blob in blobs:
                 key = (name, container, blob.name, blob.etag)
                 if key in self.receipts:
                     continue

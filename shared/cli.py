@@ -19,7 +19,7 @@ import sys
 import uuid
 from collections.abc import Mapping
 
-from shared.redact import redact
+from shared.redact import redact, shown
 
 
 def load_settings_values(path: str | None) -> Mapping[str, str]:
@@ -225,8 +225,8 @@ def _check_target(svc, target, report: Report) -> None:
             report.ok("web service reachable, token accepted", f"asset {key!r} now at {asset_uri(definition, key)}")
             container, _, blob = model.partition("/")
             properties = with_asset_uri(definition, key, svc.storage.blob_url(container, blob))["properties"]
-            shown = {k: ({key: v[key]} if isinstance(v, dict) and key in v else v) for k, v in properties.items()}
-            report.show(f"PATCH {target.resource_id} (of all assets, only {key} shown)", {"properties": shown})
+            visible = {k: ({key: v[key]} if isinstance(v, dict) and key in v else v) for k, v in properties.items()}
+            report.show(f"PATCH {target.resource_id} (of all assets, only {key} shown)", {"properties": visible})
     except ServiceError as exc:
         report.fail(target.name, str(exc))
 
@@ -242,6 +242,7 @@ def _read_services(args: argparse.Namespace):
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
+    rows = [[shown(cell) for cell in row] for row in rows]  # a name cannot reorder or forge a line
     widths = [max(len(str(x)) for x in column) for column in zip(header, *rows, strict=False)]
     lines = [header, ["-" * w for w in widths], *rows]
     return "\n".join("  ".join(str(x).ljust(w) for x, w in zip(line, widths, strict=False)).rstrip() for line in lines)
@@ -250,7 +251,11 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 def runs_command(args: argparse.Namespace) -> int:
     from shared import status
 
-    page = status.list_runs(_read_services(args), status=args.status, limit=args.limit, cursor=args.cursor)
+    try:
+        page = status.list_runs(_read_services(args), status=args.status, limit=args.limit, cursor=args.cursor)
+    except status.BadParameter as exc:
+        print(str(exc).replace("parameter ", "--", 1), file=sys.stderr)
+        return 2
     if args.json:
         print(json.dumps(page, indent=2, default=str))
         return 0
@@ -295,21 +300,27 @@ def run_command(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(run, indent=2, default=str))
         return 0
-    print(f"run {run['run_id']}  {run['status']}  ({run['source']}: {run['blob']})")
-    print(
+    lines = [
+        f"run {run['run_id']}  {run['status']}  ({run['source']}: {run['blob']})",
         f"BES job {run['job_id'] or '-'}, attempts {run['attempts']}; {run['metric']['name']} "
-        f"{run['metric']['value'] if run['metric']['value'] is not None else '-'}"
-    )
+        f"{run['metric']['value'] if run['metric']['value'] is not None else '-'}",
+    ]
+    if run["check_failures"]:
+        last = run["last_check_error"] or {}
+        lines.append(f"  {run['check_failures']} failed status checks; last: {last.get('code')}: {last.get('message')}")
     for name, decision in sorted(run["gate"].items()):
-        print(f"  gate {name}: {'approved' if decision.get('approved') else 'rejected'} - {decision.get('reason')}")
+        lines.append(
+            f"  gate {name}: {'approved' if decision.get('approved') else 'rejected'} - {decision.get('reason')}"
+        )
     for name, target in sorted(run["targets"].items()):
-        print(f"  deploy {name}: {target.get('status')} - {target.get('reason')}")
+        lines.append(f"  deploy {name}: {target.get('status')} - {target.get('reason')}")
     if run["error"]:
-        print(f"  error: {run['error'].get('code')}: {run['error'].get('message')}")
-    print("history:")
+        lines.append(f"  error: {run['error'].get('code')}: {run['error'].get('message')}")
+    lines.append("history:")
     for entry in run["history"]:
         move = f"{entry.get('from', '')} -> {entry['to']}" if "to" in entry else "note"
-        print(f"  {entry['at']}  {move:<26} {entry['by']:<40} {entry.get('reason') or entry.get('event')}")
+        lines.append(f"  {entry['at']}  {move:<26} {entry['by']:<40} {entry.get('reason') or entry.get('event')}")
+    print("\n".join(shown(line) for line in lines))  # a name cannot reorder or forge a line
     return 0
 
 
@@ -343,18 +354,18 @@ def tail_command(args: argparse.Namespace) -> int:
 
     svc = _read_services(args)
     interactive = sys.stdout.isatty()
-    shown, started, spinner = 0, time.monotonic(), "|/-\\"
+    seen, started, spinner = 0, time.monotonic(), "|/-\\"
     while True:
         run = svc.store.get(svc.settings.pipeline, args.run_id)
         if run is None:
             print(f"no run {args.run_id}", file=sys.stderr)
             return 1
-        for entry in run.history[shown:]:
+        for entry in run.history[seen:]:
             if interactive:
                 print("\r\033[K", end="")
             move = f"-> {entry['to']}" if "to" in entry else "  note"
-            print(f"{entry['at']}  {move:<20} {entry.get('reason') or entry.get('event')}")
-        shown = len(run.history)
+            print(shown(f"{entry['at']}  {move:<20} {entry.get('reason') or entry.get('event')}"))
+        seen = len(run.history)
         if run.ended:
             print(f"{run.run_id} ended {run.status}")
             return 0 if run.status in ("Deployed", "Finished", "Rejected", "Superseded") else 1

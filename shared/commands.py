@@ -26,7 +26,7 @@ from azure.core.exceptions import AzureError
 from shared import deploy, telemetry
 from shared.deploy import CommandRejected
 from shared.http import ServiceError
-from shared.redact import redact
+from shared.redact import redact, shown
 from shared.runs import utcnow
 from shared.store import DONE, FAILED, REJECTED, StaleError
 
@@ -111,7 +111,10 @@ def parse(raw: bytes) -> dict:
         raise CommandRejected(f"unknown command type {body.get('type')!r} (expected retrain, deploy or rollback)")
     error = best_match(validator.iter_errors(body))
     if error is not None:
-        raise CommandRejected(f"{body['type']} command is invalid at {error.json_path}: {error.message}")
+        what = error.message
+        if error.validator == "not" and error.schema.get("description"):  # say why, not which regex
+            what = f"{shown(repr(error.instance))[:200]} is refused: {error.schema['description']}"
+        raise CommandRejected(f"{body['type']} command is invalid at {error.json_path}: {what}")
     return body
 
 

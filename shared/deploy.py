@@ -258,6 +258,10 @@ def _deploy_run(
     force_reason: str | None,
 ) -> Run:
     pipeline = svc.settings.pipeline
+    if force_reason is not None:  # a forced deploy names its targets: all must exist, whatever the run
+        unknown = [n for n in target_names or [] if svc.settings.target(n) is None]
+        if unknown or not target_names:
+            raise CommandRejected(f"forced deploy needs configured targets; unknown: {', '.join(unknown) or '-'}")
     run = svc.store.get(pipeline, run_id)
     if run is None:
         raise CommandRejected(f"no run {run_id!r} in pipeline {pipeline!r}")
@@ -266,9 +270,6 @@ def _deploy_run(
             raise CommandRejected(f"run {run_id} is {run.status}, not approved for deployment")
         names = _approved(run, target_names)
     else:
-        unknown = [n for n in target_names or [] if svc.settings.target(n) is None]
-        if unknown or not target_names:
-            raise CommandRejected(f"forced deploy needs configured targets; unknown: {', '.join(unknown) or '-'}")
         if not run.metrics or not run.outputs.get("model"):
             raise CommandRejected(f"run {run_id} is {run.status} and has no trained model to deploy")
         names = list(target_names)

@@ -185,7 +185,7 @@ def _time_out(svc: Services, run: Run, actor: str, now: dt.datetime, state: str)
         error={
             "code": "JobTimeout",
             "message": f"job was {state} at the deadline",
-            "check_failures": run.check_failures,
+            "failed_checks": run.check_failures,
         },
     )
 

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import datetime as dt
 import html
+import re
+from collections.abc import Mapping
 from typing import Any
 
 from shared import runs as R
+from shared.redact import shown
 from shared.runs import Run, utcnow
 
 # The steps a run moves through on its way to production, for a progress bar.
@@ -33,6 +36,8 @@ def run_summary(run: Run, metric: str) -> dict[str, Any]:
         "ended_at": _iso(run.ended_at),
         "job_id": run.job_id,
         "attempts": run.attempts,
+        "check_failures": run.check_failures,
+        "last_check_error": run.last_check_error,
         "metric": {"name": metric, "value": _metric(run, metric)},
         "gate": run.gate,
         "targets": run.targets,
@@ -56,13 +61,32 @@ def _metric(run: Run, metric: str) -> float | None:
     return next((v for k, v in run.metrics.items() if k.lower() == metric.lower()), None)
 
 
+class BadParameter(ValueError):
+    """A query parameter of the API is unusable; ``parameter`` names it, the message says why."""
+
+    def __init__(self, parameter: str, problem: str) -> None:
+        super().__init__(f"parameter {parameter}: {problem}")
+        self.parameter = parameter
+
+
+def page_params(params: Mapping[str, str]) -> dict[str, Any]:
+    """``status``, ``limit`` and ``cursor`` of a runs query, as :func:`list_runs` takes them."""
+    raw = (params.get("limit") or "20").strip()
+    if not re.fullmatch(r"[0-9]{1,3}", raw):
+        raise BadParameter("limit", f"{shown(raw[:20])!r} is not a whole number from 1 to {MAX_LIMIT}")
+    return {"status": params.get("status") or None, "limit": int(raw), "cursor": params.get("cursor") or None}
+
+
 def list_runs(svc, *, status: str | None = None, limit: int = 20, cursor: str | None = None) -> dict[str, Any]:
-    """A page of runs, newest first. Raises ``ValueError`` for a bad status, limit or cursor."""
+    """A page of runs, newest first. Raises :class:`BadParameter` for a bad status, limit or cursor."""
     if status is not None and status not in R.TRANSITIONS:
-        raise ValueError(f"unknown status {status!r}; one of {', '.join(R.TRANSITIONS)}")
+        raise BadParameter("status", f"unknown status {shown(status[:40])!r}; one of {', '.join(R.TRANSITIONS)}")
     if not 1 <= limit <= MAX_LIMIT:
-        raise ValueError(f"limit must be 1..{MAX_LIMIT}")
-    runs, next_cursor = svc.store.page_runs(svc.settings.pipeline, status=status, limit=limit, cursor=cursor)
+        raise BadParameter("limit", f"{limit} is not a whole number from 1 to {MAX_LIMIT}")
+    try:
+        runs, next_cursor = svc.store.page_runs(svc.settings.pipeline, status=status, limit=limit, cursor=cursor)
+    except ValueError as exc:  # the store could not use the cursor
+        raise BadParameter("cursor", f"{exc}; use the next_cursor of a previous page") from None
     return {
         "pipeline": svc.settings.pipeline,
         "runs": [run_summary(r, svc.settings.gate_metric) for r in runs],
@@ -103,6 +127,19 @@ def list_targets(svc) -> list[dict[str, Any]]:
 # --- the page ----------------------------------------------------------------------------------------
 
 
+# Sent with the page and the API: nothing loads from elsewhere, nothing is cached, no referrer leaves
+# (links carry the caller's ?code=; see the README), and the page cannot be framed.
+SECURITY_HEADERS = {
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": (
+        "default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; "
+        "form-action 'none'; frame-ancestors 'none'"
+    ),
+}
+
+
 def page_html(svc, *, now: dt.datetime | None = None, link_query: str = "") -> str:
     """One self-contained HTML page: nothing is loaded from anywhere else. ``link_query`` (e.g. the
     caller's own ``?code=``) is appended to the page's links to runs so they open with the same key."""
@@ -122,19 +159,20 @@ def page_html(svc, *, now: dt.datetime | None = None, link_query: str = "") -> s
         for t in list_targets(svc)
     )
     active_rows = "".join(
-        f"<tr><td class=mono>{e(r.run_id)}</td><td>{_badge(r.status)}</td><td>{e(r.blob_name)}</td>"
+        f"<tr><td class=mono>{e(r.run_id)}</td><td>{_badge(r.status)}</td><td>{e(shown(r.blob_name))}</td>"
         f"<td>{_progress(r.status)}</td><td>{e(_ago(_iso(r.created_at), now))}</td></tr>"
         for r in active
     )
     recent_rows = "".join(
         f'<tr><td class=mono><a href="runs/{e(r.run_id)}{e(link_query)}">{e(r.run_id)}</a></td>'
         f"<td>{_badge(r.status)}</td>"
-        f"<td>{e(r.blob_name)}</td><td>{_num(_metric(r, metric))}</td>"
-        f"<td>{e(_targets_text(r))}</td><td>{e(_ago(_iso(r.updated_at), now))}</td></tr>"
+        f"<td>{e(shown(r.blob_name))}</td><td>{_num(_metric(r, metric))}</td>"
+        f"<td>{e(shown(_targets_text(r)))}</td><td>{e(_ago(_iso(r.updated_at), now))}</td></tr>"
         for r in recent[:20]
     )
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
+<meta name="referrer" content="no-referrer">
 <meta http-equiv="refresh" content="30">
 <title>Retraining autopilot — {e(svc.settings.pipeline)}</title>
 <style>
@@ -224,7 +262,7 @@ def _chart(runs: list[Run], metric: str) -> str:
     marks = []
     for when, value, run in points:
         x, y = xy(when, value)
-        label = html.escape(f"{run.run_id}: {metric} {value:.4f} ({run.status})")
+        label = html.escape(shown(f"{run.run_id}: {metric} {value:.4f} ({run.status})"))
         if run.status in (R.DEPLOYED, R.PARTIALLY_DEPLOYED) or any(
             t.get("status") == "Deployed" for t in run.targets.values()
         ):

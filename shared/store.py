@@ -14,11 +14,12 @@ import contextlib
 import copy
 import datetime as dt
 import json
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from azure.core import MatchConditions
-from azure.core.exceptions import ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
+from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import EntityProperty, TableClient, TableServiceClient, UpdateMode
 
 from shared.redact import redact
@@ -52,15 +53,28 @@ def _encode_cursor(token: dict | None) -> str | None:
     return base64.urlsafe_b64encode(json.dumps(token, sort_keys=True).encode()).decode().rstrip("=")
 
 
+# A continuation token is the next PartitionKey and RowKey, each base64 as the SDK keeps them; ours
+# are short (a pipeline name, a run's RowKey), so anything longer or else-shaped is not one of ours.
+_TOKEN_KEYS = frozenset({"PartitionKey", "RowKey"})
+_TOKEN_VALUE = re.compile(r"[A-Za-z0-9+/]{1,400}={0,2}")
+MAX_CURSOR_CHARS = 1024
+
+
 def _decode_cursor(cursor: str | None) -> dict | None:
     if not cursor:
         return None
+    if len(cursor) > MAX_CURSOR_CHARS:
+        raise ValueError(f"not a cursor this API issued ({len(cursor)} characters)")
     try:
         token = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
     except (ValueError, UnicodeDecodeError):
-        raise ValueError("not a valid cursor") from None
-    if not isinstance(token, dict) or not all(isinstance(v, str) for v in token.values()):
-        raise ValueError("not a valid cursor")
+        raise ValueError("not a cursor this API issued") from None
+    if (
+        not isinstance(token, dict)
+        or not set(token) <= _TOKEN_KEYS
+        or not all(isinstance(v, str) and _TOKEN_VALUE.fullmatch(v) for v in token.values())
+    ):
+        raise ValueError("not a cursor this API issued")
     return token
 
 
@@ -190,14 +204,20 @@ class RunStore:
     ) -> tuple[list[Run], str | None]:
         """One page of runs, newest first, optionally of one status; the cursor continues it."""
         query = "PartitionKey eq @pk" + (" and status eq @status" if status else "")
+        token = _decode_cursor(cursor)
         pages = self.table.query_entities(
             query, parameters={"pk": pipeline, "status": status}, results_per_page=limit
-        ).by_page(continuation_token=_decode_cursor(cursor))
+        ).by_page(continuation_token=token)
         runs: list[Run] = []
-        for page in pages:  # a filtered page may come back empty with a continuation: skip those
-            runs = [Run.from_entity(e) for e in page]
-            if runs or pages.continuation_token is None:
-                break
+        try:
+            for page in pages:  # a filtered page may come back empty with a continuation: skip those
+                runs = [Run.from_entity(e) for e in page]
+                if runs or pages.continuation_token is None:
+                    break
+        except HttpResponseError as exc:
+            if token is not None and exc.status_code is not None and 400 <= exc.status_code < 500:
+                raise ValueError("storage refused the cursor") from None  # an outage stays an outage
+            raise
         return runs, _encode_cursor(pages.continuation_token)
 
     # --- pipeline slot --------------------------------------------------------------------------

@@ -181,7 +181,7 @@ class NothingToTrain(ValueError):
 def retrain(svc: Services, blob_name: str | None, *, source: str, actor: str, salt: str = "") -> Outcome:
     """Retrain on a named blob of the training container, or on the newest training blob — through the
     same idempotent path as uploads (the same blob version is one run, unless ``salt`` says otherwise)."""
-    from azure.core.exceptions import ResourceNotFoundError
+    from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 
     container = svc.settings.training_container
     if blob_name is None:
@@ -190,6 +190,10 @@ def retrain(svc: Services, blob_name: str | None, *, source: str, actor: str, sa
         ref = svc.storage.blob_ref(container, blob_name)
     except ResourceNotFoundError:
         raise NothingToTrain(f"no blob {blob_name!r} in the training container {container!r}") from None
+    except HttpResponseError as exc:
+        if exc.status_code != 400:  # an outage or a missing permission: may pass, so retried
+            raise
+        raise NothingToTrain(f"storage cannot address a blob named {blob_name!r}: {exc.reason}") from None
     return start_run_for_blob(svc, ref, source=source, actor=actor, salt=salt, hold=False)
 
 

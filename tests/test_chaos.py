@@ -28,7 +28,7 @@ from shared.http import ServiceError
 from shared.store import DONE, FAILED, REJECTED
 from tests.conftest import API_KEY, upload
 from tests.loop import services, target_settings
-from tests.test_secrets import BEARER, SAS_SIGNATURE
+from tests.scan import BEARER, SAS_SIGNATURE
 
 FIRST_SEED = int(os.environ.get("CHAOS_SEED", "1"))
 SCENARIOS = int(os.environ.get("CHAOS_SCENARIOS", "3"))

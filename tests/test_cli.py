@@ -138,3 +138,30 @@ def test_runs_run_targets_and_tail_follow_a_run_to_its_end(env, fresh_emulator, 
     assert cli.main(["targets", "--settings", path, "--json"]) == 0
     assert {t["live_run"] for t in json.loads(capsys.readouterr().out)} == {outcome.run_id}
     assert cli.main(["run", "20991231T000000Z-0000000000000000", "--settings", path]) == 1
+
+
+def test_names_with_control_or_bidi_characters_are_printed_escaped(env, tmp_path, capsys, svc, fresh_emulator):
+    from shared import workflow
+
+    # GIVEN a run whose blob name holds an ANSI escape (it would recolour or clear the terminal) and a
+    # right-to-left override (it would reorder the line)
+    name = "x\x1b[2J\u202egpj.csv"
+    blob = upload(svc, name)
+    run = workflow.start_run_for_blob(svc, blob, source="blob", actor="t")
+    path = settings_file(tmp_path, env)
+    # WHEN an operator lists the runs and shows the run
+    assert cli.main(["runs", "--settings", path]) == 0
+    assert cli.main(["run", "--settings", path, run.run_id]) == 0
+    out = capsys.readouterr().out
+    # THEN the characters are shown as their codes, never written to the terminal
+    assert "\x1b" not in out and "\u202e" not in out
+    assert out.count("x\\u001b[2J\\u202egpj.csv") == 2
+
+
+def test_a_bad_cursor_is_a_message_not_a_traceback(env, tmp_path, capsys, svc):
+    path = settings_file(tmp_path, env)
+    assert cli.main(["runs", "--settings", path, "--cursor", "!!"]) == 2
+    assert (
+        capsys.readouterr().err.strip()
+        == "--cursor: not a cursor this API issued; use the next_cursor of a previous page"
+    )

@@ -131,29 +131,69 @@ def test_bad_commands_are_recorded_as_rejected_with_the_reason_and_consumed(loop
     assert send(loop, raw, "m-bad").startswith("duplicate")  # a redelivery is not judged twice
 
 
+UNKNOWN_FIELD = "Additional properties are not allowed"
+OUTSIDE = "is refused: A blob name inside TRAINING_CONTAINER"  # after the name itself: "$.blob: '<name>' is ..."
+
+
 @pytest.mark.parametrize(
-    "body",
+    ("body", "reason"),
     [
-        {"type": "deploy", "version": 1, "run_id": RUN, "endpoint_url": "https://collector.example.com/x"},
-        {"type": "deploy", "version": 1, "run_id": RUN, "api_key": "stolen"},
-        {"type": "rollback", "version": 1, "target": "classic", "management_url": "https://collector.example.com"},
-        {"type": "retrain", "version": 1, "blob": "https://collector.example.com/data.csv"},
-        {"type": "retrain", "version": 1, "blob": "../models/default/x/model.csv"},
-        {"type": "retrain", "version": 1, "blob": "/models/x.csv"},
-        {"type": "retrain", "version": 1, "blob": "a\\..\\b.csv"},
-        {"type": "retrain", "version": 1, "connection_string": "DefaultEndpointsProtocol=https;AccountName=evil"},
-        {"type": "deploy", "version": 1, "run_id": RUN, "targets": ["https://collector.example.com"]},
-        {"type": "deploy", "version": 1, "run_id": RUN, "targets": ["unconfigured"], "force": True, "reason": "x"},
+        (
+            {"type": "deploy", "version": 1, "run_id": RUN, "endpoint_url": "https://collector.example.com/x"},
+            f"{UNKNOWN_FIELD} ('endpoint_url' was unexpected)",
+        ),
+        ({"type": "deploy", "version": 1, "run_id": RUN, "api_key": "stolen"}, f"{UNKNOWN_FIELD} ('api_key'"),
+        (
+            {"type": "rollback", "version": 1, "target": "classic", "management_url": "https://collector.example.com"},
+            f"{UNKNOWN_FIELD} ('management_url'",
+        ),
+        ({"type": "retrain", "version": 1, "blob": "https://collector.example.com/data.csv"}, OUTSIDE),
+        ({"type": "retrain", "version": 1, "blob": "../models/default/x/model.csv"}, OUTSIDE),
+        ({"type": "retrain", "version": 1, "blob": "/models/x.csv"}, OUTSIDE),
+        ({"type": "retrain", "version": 1, "blob": "a\\..\\b.csv"}, OUTSIDE),
+        ({"type": "retrain", "version": 1, "blob": "data/../../models/x.csv"}, OUTSIDE),
+        (
+            {"type": "retrain", "version": 1, "connection_string": "DefaultEndpointsProtocol=https;AccountName=evil"},
+            f"{UNKNOWN_FIELD} ('connection_string'",
+        ),
+        (
+            {"type": "deploy", "version": 1, "run_id": RUN, "targets": ["https://collector.example.com"]},
+            "$.targets[0]: 'https://collector.example.com' does not match",
+        ),
+        (
+            {"type": "deploy", "version": 1, "run_id": RUN, "targets": ["unconfigured"], "force": True, "reason": "x"},
+            "forced deploy needs configured targets; unknown: unconfigured",
+        ),
     ],
 )
-def test_no_message_can_send_credentials_or_data_anywhere_else(loop, fresh_emulator, body):
+def test_no_message_can_send_credentials_or_data_anywhere_else(loop, fresh_emulator, body, reason):
     # WHEN a message tries to supply an address, a key, or a blob outside the training container
     result = send(loop, body)
-    # THEN it is refused, nothing reached any Azure ML service, and the refusal is recorded
-    assert result.startswith("rejected:")
+    # THEN it is refused for exactly that, nothing reached any Azure ML service, and the refusal is recorded
+    if reason == OUTSIDE:
+        reason = f"$.blob: {body['blob']!r} {OUTSIDE}"
+    assert result.startswith("rejected:") and reason in result, result
     assert fresh_emulator.admin("GET", "requests") == []
-    assert loop.commands.list(REJECTED)[0]["status"] == REJECTED
-    assert "sig=abc" not in json.dumps(loop.commands.list(), default=str)
+    [entry] = loop.commands.list(REJECTED)
+    assert reason in entry["reason"]
+
+
+def test_a_retrain_rejected_because_its_blob_was_missing_runs_when_resent_after_the_upload(loop, fresh_emulator):
+    body = {"type": "retrain", "version": 1, "blob": "april.csv", "request_id": "erp-april"}
+    # GIVEN the ERP sent its retrain before the export had landed
+    assert "no blob 'april.csv'" in send(loop, body, "m-1")
+    assert record(loop, "req:erp-april")["status"] == REJECTED
+    # AND the same message delivered again is still a duplicate of that rejection
+    assert send(loop, body, "m-1").startswith("duplicate: req:erp-april was already Rejected")
+    # WHEN the export lands and the ERP resends with the same request id
+    upload(loop, "april.csv", GOOD)
+    result = send(loop, body, "m-2")
+    # THEN it is carried out, once, and the record keeps why it was refused before
+    assert result.startswith("retrain: run ") and "started" in result
+    entry = record(loop, "req:erp-april")
+    assert (entry["status"], entry["resends"]) == (DONE, 1) and "no blob" in entry["previous_reason"]
+    assert send(loop, body, "m-3").startswith("duplicate: req:erp-april was already Done")
+    assert len(jobs(fresh_emulator)) == 1
 
 
 def test_a_transient_failure_is_retried_then_recorded_before_it_is_poisoned(loop, fresh_emulator):

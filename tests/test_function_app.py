@@ -235,3 +235,19 @@ def test_the_local_host_fires_timers_on_their_ncrontab_schedule(loop_env):
     [fired] = host.tick_timers(start + dt.timedelta(seconds=31))
     assert fired.function == "poll_runs" and fired.ok
     assert host.tick_timers(start + dt.timedelta(minutes=4)) == []  # next: 12:05:30
+
+
+def test_a_blob_name_with_a_control_character_does_not_break_the_local_scan(app_env, fresh_emulator, caplog):
+    from azure.storage.blob import BlobServiceClient
+
+    # GIVEN a training container holding a name with a control character (Azurite cannot list it)
+    put_blob(app_env, "bad\x01name.csv")
+    host = LocalHost(function_app.app, app_env)
+    # WHEN the host scans, twice
+    assert host.scan_blobs() == [] and host.scan_blobs() == []
+    # THEN it said why, once, and went on; once the name is gone the container is scanned again
+    assert caplog.text.count("cannot list container") == 1 and "control character" in caplog.text
+    service = BlobServiceClient.from_connection_string(app_env["AzureWebJobsStorage"])
+    service.get_blob_client(app_env["TRAINING_CONTAINER"], "bad\x01name.csv").delete_blob()
+    put_blob(app_env, "good.csv")
+    assert [(i.function, i.ok) for i in host.scan_blobs()] == [("retrain_on_upload", True)]

@@ -1,6 +1,7 @@
 """The closed loop against Azurite and the emulator: poll, judge, deploy to classic and ARM, verify."""
 
 import threading
+import time
 
 import pytest
 
@@ -279,3 +280,90 @@ def test_an_older_runs_late_deploy_never_replaces_a_newer_live_model(loop, fresh
     run = loop.store.get("default", older.run_id)
     assert run.targets["classic"]["status"] == "Skipped" and "newer" in run.targets["classic"]["reason"]
     assert run.status == R.DEPLOYED  # nothing failed: skipping is the right outcome
+
+
+def test_the_classic_endpoint_gets_a_read_only_sas_for_exactly_the_model_for_deploy_sas_days(loop, fresh_emulator):
+    import datetime as dt
+    from urllib.parse import parse_qs
+
+    outcome = start(loop, "good.csv", GOOD)
+    finish(loop, outcome.run_id)
+    target = loop.settings.target("classic")
+    location = loop.deployer(target).client.resource_location(target.resource_name)
+    sas = parse_qs(location["SasBlobToken"].lstrip("?"))
+    assert sas["sp"] == ["r"] and sas["sr"] == ["b"]  # read, this one blob: never write or delete
+    assert location["RelativeLocation"] == loop.store.get("default", outcome.run_id).outputs["model"]
+    expiry = dt.datetime.fromisoformat(sas["se"][0].replace("Z", "+00:00"))
+    expected = R.utcnow() + dt.timedelta(days=loop.settings.deploy_sas_days)
+    assert abs(expiry - expected) < dt.timedelta(minutes=5)
+
+
+def test_resubmission_stops_at_max_attempts_and_the_run_fails(env, fresh_emulator, monkeypatch):
+    svc = services(target_settings(env, fresh_emulator, RESUBMIT_FAILED_JOBS="true", MAX_ATTEMPTS="3"), monkeypatch)
+    fresh_emulator.admin("POST", "faults", {"route": "bes.job", "fail": "Always fails."})
+    outcome = start(svc, "data.csv", GOOD)
+    for _ in range(6):  # more polls than attempts: each failed job is resubmitted until the limit
+        run = svc.store.get("default", outcome.run_id)
+        if run.ended:
+            break
+        wait_job(svc, outcome.run_id)
+        poll.poll(svc, actor="timer-poll/test")
+    run = svc.store.get("default", outcome.run_id)
+    assert (run.status, run.attempts) == (R.FAILED, 3)
+    assert len(jobs(fresh_emulator)) == 3 and "Always fails." in run.error["message"]
+
+
+def test_an_arm_update_whose_operation_succeeds_but_changes_nothing_is_not_a_deploy(loop, fresh_emulator):
+    from shared import commands
+
+    # GIVEN an ARM web service whose update operations succeed and change nothing
+    fresh_emulator.admin("POST", "faults", {"route": "arm.lro", "no_effect": True})
+    outcome = start(loop, "data.csv", GOOD)
+    wait_job(loop, outcome.run_id)
+    poll.poll(loop, actor="timer-poll/test")
+    [message] = loop.storage.queue(loop.settings.commands_queue).peek_messages()
+    limit = commands.max_dequeue_count()
+    for attempt in range(1, limit + 1):
+        with pytest.raises(Exception, match="arm"):
+            commands.handle(loop, message.content.encode(), message_id=message.id, dequeue_count=attempt, actor="q")
+    # THEN reading the definition back caught it: the ARM target failed, verified as not in effect
+    run = loop.store.get("default", outcome.run_id)
+    assert run.targets["arm"]["status"] == "Failed" and "NotInEffect" in run.targets["arm"]["reason"]
+    assert run.targets["classic"]["status"] == "Deployed" and run.status == R.PARTIALLY_DEPLOYED
+    assert loop.targets.get("arm").live_run is None
+
+
+def test_two_deploys_racing_for_one_target_take_turns(loop, fresh_emulator):
+    from shared import deploy
+
+    first = start(loop, "a.csv", GOOD)
+    wait_job(loop, first.run_id)
+    second = start(loop, "b.csv", BETTER)
+    poll.poll(loop, actor="timer-poll/1")
+    wait_job(loop, second.run_id)
+    poll.poll(loop, actor="timer-poll/2")
+    runs = [loop.store.get("default", o.run_id) for o in (first, second)]
+    target = loop.settings.target("classic")
+    # GIVEN a slow classic endpoint, so the first deploy is still updating it when the second starts
+    fresh_emulator.admin("POST", "faults", {"route": "classic.patch", "delay": 1.5, "times": 1})
+    results: dict[str, object] = {}
+
+    def put(run):
+        try:
+            results[run.run_id] = deploy.put_live(loop, target, run, actor=f"t/{run.run_id}", kind="forced deploy")
+        except deploy.DeployError as exc:
+            results[run.run_id] = exc
+
+    racers = [threading.Thread(target=put, args=(run,)) for run in runs]
+    racers[0].start()
+    time.sleep(0.5)
+    racers[1].start()
+    for racer in racers:
+        racer.join()
+    # THEN the second found the target leased and was told to retry; one update reached the service
+    assert isinstance(results[runs[0].run_id], deploy.PutResult)
+    busy = results[runs[1].run_id]
+    assert isinstance(busy, deploy.DeployError) and busy.code == "TargetBusy" and busy.transient
+    patches = [r for r in fresh_emulator.admin("GET", "requests") if r["route"] == "classic.patch"]
+    assert len(patches) == 1
+    assert loop.targets.get("classic").live_run == runs[0].run_id

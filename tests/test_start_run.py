@@ -70,6 +70,12 @@ def test_bes_gets_blob_scoped_sas_references_and_never_the_account_key(svc, fres
         assert out["sp"] == ["cw"] and out["sr"] == ["b"]
     assert request["Outputs"]["output1"]["RelativeLocation"].endswith(".ilearner")
     assert request["Outputs"]["output2"]["RelativeLocation"].endswith(".csv")
+    # every SAS expires with the job's allowed time plus the margin, not a minute later
+    run = next(iter(svc.store.list_runs(svc.settings.pipeline)))
+    expected = run.submitted_at + dt.timedelta(minutes=svc.settings.job_timeout_minutes) + workflow.SAS_MARGIN
+    for ref in (source, *request["Outputs"].values()):
+        expiry = dt.datetime.fromisoformat(parse_qs(ref["SasBlobToken"].lstrip("?"))["se"][0].replace("Z", "+00:00"))
+        assert abs(expiry - expected) < dt.timedelta(seconds=5), (expiry, expected)
 
 
 def test_the_same_blob_delivered_twice_yields_one_run_and_one_job(svc, fresh_emulator):
@@ -320,3 +326,21 @@ def test_no_secret_reaches_the_log_or_the_table(svc, fresh_emulator, caplog):
         assert "AccountKey=" not in text
         assert "sig=abcdef" not in text
     assert "sig=REDACTED" in stored
+
+
+def test_a_job_whose_submit_answer_was_lost_never_runs_and_the_retry_makes_the_only_job_that_does(svc, fresh_emulator):
+    # GIVEN BES creates the job but the answer never arrives (the connection drops after the work)
+    fast_bes(svc)
+    fresh_emulator.admin("POST", "faults", {"route": "bes.submit", "drop": True, "after": True, "times": 1})
+    blob = upload(svc, "census.csv")
+    # WHEN the delivery fails (a POST is not repeated: it may have created a job) and is redelivered
+    with pytest.raises(workflow.RetryLater):
+        start(svc, blob)
+    outcome = start(svc, blob, actor="redelivery")
+    # THEN the run trains on the job whose id it recorded; the orphan, whose id nobody learnt, stays
+    # NotStarted: BES starts a job only when asked to, and BES cannot list jobs, so it cannot be found
+    run = run_of(svc, outcome.run_id)
+    assert (outcome.action, run.status, run.attempts) == ("started", R.RUNNING, 2)
+    [orphan] = [j for j in jobs(fresh_emulator) if j["id"] != run.job_id]
+    assert orphan["status"] == "NotStarted" and orphan["started"] is None
+    assert [j["id"] for j in jobs(fresh_emulator) if j["started"]] == [run.job_id]

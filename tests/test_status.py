@@ -62,9 +62,58 @@ def test_runs_are_listed_newest_first_paged_and_filtered(seeded):
     rejected = get(base, "runs", status="Rejected").json()["runs"]
     assert [r["run_id"] for r in rejected] == [made["degraded.csv"]]
     assert rejected[0]["metric"]["name"] == "AUC" and rejected[0]["gate"]["arm"]["approved"] is False
-    assert get(base, "runs", status="Sideways").status_code == 400
-    assert get(base, "runs", cursor="!!not-a-cursor").status_code == 400
-    assert get(base, "runs", limit=1000).status_code == 400
+
+
+@pytest.mark.parametrize(
+    ("params", "parameter", "why"),
+    [
+        ({"limit": "abc"}, "limit", "'abc' is not a whole number from 1 to 100"),
+        ({"limit": "1000"}, "limit", "not a whole number from 1 to 100"),
+        ({"limit": "²"}, "limit", "not a whole number"),
+        ({"cursor": "A" * 20_000}, "cursor", "not a cursor this API issued (20000 characters)"),
+        ({"cursor": "!!not-a-cursor"}, "cursor", "not a cursor this API issued"),
+        # well-formed base64 JSON, but not a continuation token of ours: other keys, other values
+        ({"cursor": "eyJ4IjogIjEifQ"}, "cursor", "not a cursor this API issued"),
+        ({"cursor": "eyJQYXJ0aXRpb25LZXkiOiAiJyBvciAxIGVxIDEifQ"}, "cursor", "not a cursor this API issued"),
+        ({"status": "Sideways"}, "status", "unknown status 'Sideways'"),
+    ],
+)
+def test_a_bad_query_parameter_is_a_400_naming_it(seeded, params, parameter, why):
+    _, base, _ = seeded
+    response = get(base, "runs", **params)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert (error["code"], error["parameter"]) == ("BadParameter", parameter)
+    assert error["message"].startswith(f"parameter {parameter}: ") and why in error["message"]
+
+
+def test_the_page_and_the_api_send_no_referrer_and_are_not_cached(seeded):
+    _, base, _ = seeded
+    for path in ("status", "runs", "targets"):
+        headers = get(base, path).headers
+        assert headers["Referrer-Policy"] == "no-referrer" and headers["Cache-Control"] == "no-store"
+        assert headers["X-Content-Type-Options"] == "nosniff"
+    page = get(base, "status")
+    assert "default-src 'none'" in page.headers["Content-Security-Policy"]
+    assert '<meta name="referrer" content="no-referrer">' in page.text
+
+
+def test_names_that_could_reorder_or_forge_text_are_shown_escaped(seeded):
+    svc, base, _ = seeded
+    # GIVEN a blob whose name holds a right-to-left override (it would show as "invoicecsv.exe"-like
+    # tricks) and a zero-width space
+    name = "invoice\u202egpj.csv\u200b.csv"
+    svc.storage.blobs.get_blob_client(svc.settings.training_container, name).upload_blob(b"a,label\n1,0\n")
+    workflow.start_run_for_blob(
+        svc, svc.storage.blob_ref(svc.settings.training_container, name), source="blob", actor="seed"
+    )
+    page = get(base, "status").text
+    # THEN the page shows the characters' codes, never the characters
+    assert "invoice\\u202egpj.csv\\u200b.csv" in page
+    assert "\u202e" not in page and "\u200b" not in page
+    # AND the API keeps the name exact (JSON escapes it)
+    run = next(r for r in get(base, "runs").json()["runs"] if r["blob"].startswith("invoice"))
+    assert run["blob"] == name
 
 
 def test_one_run_has_its_history_gate_decision_and_deploy_results(seeded):
