@@ -6,6 +6,7 @@
 #   ./dev.sh lint       ruff
 #   ./dev.sh emulator   the Azure ML emulator alone (python -m emulator --help)
 #   ./dev.sh bench      the benchmarks: JSON to stdout and bench/results/latest.json (python -m bench --help)
+#   ./dev.sh mutants    the mutation check: each listed broken build must fail its tests (.ci/mutants.py)
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -47,5 +48,6 @@ case "$command" in
   lint) setup; .venv/bin/ruff check . && .venv/bin/ruff format --check . ;;
   emulator) setup; exec .venv/bin/python -m emulator "$@" ;;
   bench) setup; exec .venv/bin/python -m bench "$@" ;;
-  *) echo "usage: ./dev.sh demo|test|lint|emulator|bench [args]" >&2; exit 2 ;;
+  mutants) setup; exec .venv/bin/python .ci/mutants.py "$@" ;;
+  *) echo "usage: ./dev.sh demo|test|lint|emulator|bench|mutants [args]" >&2; exit 2 ;;
 esac

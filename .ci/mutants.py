@@ -1,11 +1,11 @@
-"""Does the chaos suite catch a broken build? Each mutant removes one ETag condition (the guards the
-at-least-once design rests on) in a scratch copy of the repo; the chaos suite must fail on every one.
+"""Does the suite catch a broken build? Each mutant below is a change a careless edit could make to one
+guarantee; in a scratch copy of the repository with that one change, the tests listed with it must
+fail. A mutant that survives, one that no longer applies to the code, or tests that fail without any
+mutant, fail the check. Part of CI (``./dev.sh mutants``).
 
-    .venv/bin/python .ci/mutants.py [word ...]   # only mutants whose name has a word; CHAOS_SCENARIOS
-                                                 # (default 8) scenarios per mutant
+    .venv/bin/python .ci/mutants.py [word ...]   # only mutants whose name contains one of the words
 
-Not part of CI (a killed mutant costs up to a minute of "did not settle"); run it after changing the
-chaos suite or the store. Exit status 1 if any mutant survives.
+Add a mutant with every guarantee: the change that would break it, and the tests that prove it.
 """
 
 from __future__ import annotations
@@ -16,77 +16,331 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 CONDITIONAL = "match_condition=MatchConditions.IfNotModified"
 UNCONDITIONAL = "match_condition=MatchConditions.Unconditionally"
+TIMEOUT_SECONDS = 600
 
-# (name, file, text to find exactly once, its replacement)
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    file: str
+    find: str  # must occur exactly ``count`` times; every occurrence is replaced
+    replace: str
+    tests: tuple[str, ...]
+    count: int = 1
+
+
+CONCURRENCY = "tests/test_concurrency.py"
 MUTANTS = [
-    (
+    # --- at-least-once: every state change is ETag-conditional ------------------------------------
+    Mutant(
         "run save without ETag",
         "shared/store.py",
         f"run.to_entity(), mode=UpdateMode.REPLACE, etag=run.etag, {CONDITIONAL}",
         f"run.to_entity(), mode=UpdateMode.REPLACE, etag=None, {UNCONDITIONAL}",
+        (f"{CONCURRENCY}::test_two_updates_of_one_run_read_at_once_both_stick",),
     ),
-    (
+    Mutant(
         "pipeline slot save without ETag",
         "shared/store.py",
         f"entity, mode=UpdateMode.REPLACE, etag=slot.etag, {CONDITIONAL}",
         f"entity, mode=UpdateMode.REPLACE, etag=None, {UNCONDITIONAL}",
+        (f"{CONCURRENCY}::test_two_uploads_claiming_a_free_slot_at_once_start_one_job",),
     ),
-    (
+    Mutant(
         "target state save without ETag",
         "shared/store.py",
         f"etag=state.etag,\n                {CONDITIONAL},",
         f"etag=None,\n                {UNCONDITIONAL},",
+        (f"{CONCURRENCY}::test_two_deploys_claiming_a_target_at_once_update_it_once",),
     ),
-    (
+    Mutant(
         "command claim without ETag",
         "shared/store.py",
         f"record, mode=UpdateMode.REPLACE, etag=etag, {CONDITIONAL}\n                )\n                return",
         f"record, mode=UpdateMode.REPLACE, etag=None, {UNCONDITIONAL}\n                )\n                return",
+        (f"{CONCURRENCY}::test_two_deliveries_taking_over_a_lapsed_claim_at_once_carry_it_out_once",),
+    ),
+    Mutant(
+        "per-target deployment lease ignored",
+        "shared/deploy.py",
+        "if state.deploying_run not in (None, run.run_id) and busy:",
+        "if False:",
+        ("tests/test_loop.py::test_two_deploys_racing_for_one_target_take_turns",),
+    ),
+    # --- least privilege ----------------------------------------------------------------------------
+    Mutant(
+        "BES input/output SAS valid for a year",
+        "shared/workflow.py",
+        "expiry = now + dt.timedelta(minutes=s.job_timeout_minutes) + SAS_MARGIN",
+        "expiry = now + dt.timedelta(days=365)",
+        ("tests/test_start_run.py::test_bes_gets_blob_scoped_sas_references_and_never_the_account_key",),
+    ),
+    Mutant(
+        "classic model SAS read+write+delete",
+        "shared/deploy.py",
+        'self.storage.blob_sas(container, blob, "r", expiry)',
+        'self.storage.blob_sas(container, blob, "rwd", expiry)',
+        (
+            "tests/test_loop.py::test_the_classic_endpoint_gets_a_read_only_sas_for_exactly_the_model_for_deploy_sas_days",
+        ),
+    ),
+    # --- every run ends -----------------------------------------------------------------------------
+    Mutant(
+        "resubmission ignores MAX_ATTEMPTS",
+        "shared/poll.py",
+        "if svc.settings.resubmit_failed_jobs and run.attempts < svc.settings.max_attempts:",
+        "if svc.settings.resubmit_failed_jobs:",
+        ("tests/test_loop.py::test_resubmission_stops_at_max_attempts_and_the_run_fails",),
+    ),
+    Mutant(
+        "no deadline while the status call fails",
+        "shared/poll.py",
+        "if enforce and current.status == R.RUNNING and now >= deadline_of(svc, current):",
+        "if False:",
+        ("tests/test_hostile.py::test_a_status_call_that_keeps_failing_is_counted_and_the_deadline_still_holds",),
+    ),
+    Mutant(
+        "a permanent status error is retried forever",
+        "shared/poll.py",
+        "        if not exc.transient:  # the job is unknown (404), or our key no longer opens it (401/403)",
+        "        if False:",
+        ("tests/test_hostile.py::test_a_permanent_status_error_ends_the_run_with_the_reason",),
+    ),
+    Mutant(
+        "a legacy StatusCode read with str.isdigit",
+        "shared/bes.py",
+        "_LEGACY_CODE.fullmatch(raw.strip())",
+        "raw.strip().isdigit()",
+        ("tests/test_hostile.py::test_a_status_call_that_keeps_failing_is_counted_and_the_deadline_still_holds",),
+    ),
+    # --- verified deploys ---------------------------------------------------------------------------
+    Mutant(
+        "ARM read-back verification skipped",
+        "shared/deploy.py",
+        "        seen = deployer.live()\n",
+        "        seen = model if isinstance(deployer, ArmDeployer) else deployer.live()\n",
+        ("tests/test_loop.py::test_an_arm_update_whose_operation_succeeds_but_changes_nothing_is_not_a_deploy",),
+    ),
+    Mutant(
+        "a classic answer's shape not checked",
+        "shared/classic.py",
+        'ClassicError, "get", ENDPOINT_SHAPE)',
+        'ClassicError, "get", None)',
+        ("tests/test_hostile.py::test_a_service_that_never_answers_the_right_shape_ends_the_deploy_recorded",),
+    ),
+    Mutant(
+        "an ARM definition's shape not checked",
+        "shared/arm.py",
+        'ArmError, "get", DEFINITION_SHAPE)',
+        'ArmError, "get", None)',
+        ("tests/test_hostile.py::test_a_service_that_never_answers_the_right_shape_ends_the_deploy_recorded",),
+    ),
+    # --- bad input loses nothing --------------------------------------------------------------------
+    Mutant(
+        "unknown command fields accepted",
+        "shared/schemas/command.v1.schema.json",
+        '"additionalProperties": false',
+        '"additionalProperties": true',
+        ("tests/test_commands.py::test_no_message_can_send_credentials_or_data_anywhere_else",),
+        count=3,
+    ),
+    Mutant(
+        "blob names with '..' or a leading '/' accepted",
+        "shared/schemas/command.v1.schema.json",
+        '"not": {"pattern": "(^/|\\\\\\\\|://|(^|/)\\\\.\\\\.?(/|$)|',
+        '"not": {"pattern": "(\\\\\\\\|://|',
+        ("tests/test_commands.py::test_no_message_can_send_credentials_or_data_anywhere_else",),
+    ),
+    Mutant(
+        "schema patterns read with Python's '$' (a final newline passes)",
+        "shared/commands.py",
+        '            char = r"\\Z"\n',
+        "            pass\n",
+        ("tests/test_hostile.py::test_a_message_that_cannot_be_carried_out_is_recorded_and_consumed_never_lost",),
+    ),
+    Mutant(
+        "settings names matched with re.match (a final newline passes)",
+        "shared/settings.py",
+        "not _TARGET_RE.fullmatch(target_name)",
+        "not _TARGET_RE.match(target_name)",
+        ("tests/test_settings.py::test_a_trailing_newline_does_not_pass_a_name_pattern",),
+    ),
+    Mutant(
+        "an unexpected error in a command is not recorded",
+        "shared/commands.py",
+        "    except Exception as exc:  # a service, our storage (AzureError), or a bug: retried, then recorded",
+        "    except (ServiceError, StaleError, AzureError) as exc:",
+        (
+            "tests/test_hostile.py::test_an_unforeseen_exception_on_the_last_delivery_still_records_failed_on_"
+            "the_command_and_the_run",
+        ),
+    ),
+    Mutant(
+        "a resent rejected request id stays rejected",
+        "shared/store.py",
+        'if record["status"] == REJECTED and record.get("message_id") != fields.get("message_id"):',
+        "if False:",
+        (
+            "tests/test_commands.py::test_a_retrain_rejected_because_its_blob_was_missing_runs_when_resent_after_the_upload",
+        ),
+    ),
+    # --- no secret anywhere -------------------------------------------------------------------------
+    Mutant(
+        "no redaction by value",
+        "shared/redact.py",
+        "    out = _without_held(out)\n",
+        "",
+        (
+            "tests/test_secrets.py::test_a_key_echoed_without_any_label_is_redacted_by_value",
+            "tests/test_secrets.py::test_a_sas_quoted_in_failed_job_details_is_redacted_in_the_run_the_log_and_the_api",
+        ),
+    ),
+    Mutant(
+        "the command excerpt cut before it is redacted",
+        "shared/commands.py",
+        'excerpt = redact(raw.decode("utf-8", "replace"))[:RAW_EXCERPT_CHARS]',
+        'excerpt = redact(raw[:RAW_EXCERPT_CHARS].decode("utf-8", "replace"))',
+        ("tests/test_secrets.py::test_a_secret_cut_by_the_excerpt_leaves_no_prefix_behind",),
+    ),
+    Mutant(
+        "table writes not redacted",
+        "shared/store.py",
+        "                value = redact(value)\n",
+        "                pass\n",
+        ("tests/test_secrets.py::test_every_table_write_is_redacted_whoever_wrote_it",),
+    ),
+    Mutant(
+        "log records not redacted",
+        "shared/telemetry.py",
+        "record.msg, record.args = redact(message), None",
+        "record.msg, record.args = message, None",
+        ("tests/test_secrets.py::test_every_log_record_is_redacted_whoever_logs_it",),
+    ),
+    # --- credentials go only to Azure ML ------------------------------------------------------------
+    Mutant(
+        "any host accepted",
+        "shared/hosts.py",
+        "    if KINDS[kind](name) or any(_listed(name, entry) for entry in extra):",
+        "    if True:",
+        ("tests/test_settings.py::test_credentials_never_go_to_a_host_outside_azure_ml_or_to_an_ip_address",),
+    ),
+    Mutant(
+        "IP addresses accepted",
+        "shared/hosts.py",
+        '    if address is not None:\n        raise HostRefused(f"{name} is an IP address',
+        '    if False:\n        raise HostRefused(f"{name} is an IP address',
+        ("tests/test_settings.py::test_credentials_never_go_to_a_host_outside_azure_ml_or_to_an_ip_address",),
+    ),
+    Mutant(
+        "a POST repeated after it may have reached the service",
+        "shared/http.py",
+        'allowed_methods=frozenset({"GET", "HEAD", "PUT", "PATCH", "DELETE", "OPTIONS"}),',
+        "allowed_methods=None,",
+        ("tests/test_bes_client.py::test_a_dropped_connection_is_retried_for_a_read_but_a_post_is_never_repeated",),
+    ),
+    # --- a skewed clock blocks nobody ---------------------------------------------------------------
+    Mutant(
+        "a lease from a fast clock taken at its word",
+        "shared/runs.py",
+        "        until = min(until, written_at + length)\n",
+        "        pass\n",
+        ("tests/test_hostile.py::test_a_lease_written_by_a_clock_five_hours_fast_lapses_on_time",),
+    ),
+    Mutant(
+        "upload ties ordered by the recording instance's clock",
+        "shared/runs.py",
+        "recorded = (self.recorded_at or self.created_at).astimezone(dt.timezone.utc)",
+        "recorded = self.created_at.astimezone(dt.timezone.utc)",
+        ("tests/test_hostile.py::test_two_uploads_in_one_second_are_ordered_by_storage_not_by_a_skewed_clock",),
     ),
 ]
 
 
-def mutate(copy: Path, file: str, old: str, new: str) -> None:
-    path = copy / file
+def files() -> list[str]:
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    return [f for f in listed if (ROOT / f).is_file()]
+
+
+def scratch_copy(into: Path, tracked: list[str]) -> None:
+    for f in tracked:
+        (into / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / f, into / f)
+    (into / "node_modules").symlink_to(ROOT / "node_modules")
+
+
+def mutate(copy: Path, mutant: Mutant) -> None:
+    path = copy / mutant.file
     text = path.read_text()
-    if text.count(old) != 1:
-        raise SystemExit(f"mutant no longer applies: {old!r} occurs {text.count(old)} times in {file}")
-    path.write_text(text.replace(old, new))
+    found = text.count(mutant.find)
+    if found != mutant.count:
+        raise SystemExit(f"mutant {mutant.name!r} no longer applies: its text occurs {found} times in {mutant.file}")
+    path.write_text(text.replace(mutant.find, mutant.replace))
+
+
+def pytest(copy: Path, tests: tuple[str, ...]) -> tuple[int, str, float]:
+    started = time.monotonic()
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests],
+            cwd=copy,
+            env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT_SECONDS,
+        )
+    except subprocess.TimeoutExpired:
+        return -1, f"timed out after {TIMEOUT_SECONDS}s", time.monotonic() - started
+    failure = next((line for line in result.stdout.splitlines() if line.startswith(("E ", "FAILED", "ERROR"))), "")
+    return result.returncode, failure or result.stdout[-300:], time.monotonic() - started
+
+
+def check(mutant: Mutant, tracked: list[str]) -> tuple[Mutant, bool, str, float]:
+    with tempfile.TemporaryDirectory(prefix="mutant-") as scratch:
+        copy = Path(scratch)
+        scratch_copy(copy, tracked)
+        mutate(copy, mutant)
+        code, failure, took = pytest(copy, mutant.tests)
+    return mutant, code != 0, failure, took
 
 
 def main() -> int:
-    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
-    env = {**os.environ, "CHAOS_SCENARIOS": os.environ.get("CHAOS_SCENARIOS", "8")}
+    words = sys.argv[1:]
+    chosen = [m for m in MUTANTS if not words or any(word in m.name for word in words)]
+    tracked = files()
+    # The tests must pass on the unmutated code, or "killed" would mean nothing.
+    with tempfile.TemporaryDirectory(prefix="mutant-baseline-") as scratch:
+        copy = Path(scratch)
+        scratch_copy(copy, tracked)
+        for mutant in chosen:
+            mutate(copy, Mutant(mutant.name, mutant.file, mutant.find, mutant.find, (), mutant.count))
+        baseline = sorted({t for m in chosen for t in m.tests})
+        code, failure, took = pytest(copy, tuple(baseline))
+    if code != 0:
+        print(f"the mutants' tests fail without any mutant ({took:.0f}s): {failure}")
+        return 1
+    print(f"baseline: {len(baseline)} tests pass unmutated ({took:.0f}s)")
     survivors = []
-    chosen = [m for m in MUTANTS if not sys.argv[1:] or any(word in m[0] for word in sys.argv[1:])]
-    for name, file, old, new in chosen:
-        with tempfile.TemporaryDirectory(prefix="mutant-") as scratch:
-            copy = Path(scratch)
-            for f in files:
-                (copy / f).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(ROOT / f, copy / f)
-            (copy / "node_modules").symlink_to(ROOT / "node_modules")
-            mutate(copy, file, old, new)
-            started = time.monotonic()
-            result = subprocess.run(
-                [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "tests/test_chaos.py"],
-                cwd=copy,
-                env=env,
-                capture_output=True,
-                text=True,
-            )
-            took = time.monotonic() - started
-        failure = next((line for line in result.stdout.splitlines() if line.startswith("E ")), "")
-        if result.returncode == 0:
-            survivors.append(name)
-            print(f"SURVIVED  {name} ({took:.0f}s)")
-        else:
-            print(f"killed    {name} ({took:.0f}s): {failure[:160]}")
+    with ThreadPoolExecutor(max_workers=int(os.environ.get("MUTANT_WORKERS", "2"))) as pool:
+        for mutant, killed, failure, took in pool.map(lambda m: check(m, tracked), chosen):
+            if killed:
+                print(f"killed    {mutant.name} ({took:.0f}s): {failure[:150]}")
+            else:
+                survivors.append(mutant.name)
+                print(f"SURVIVED  {mutant.name} ({took:.0f}s)")
+    print(f"{len(chosen) - len(survivors)} of {len(chosen)} mutants killed")
     return 1 if survivors else 0
 
 

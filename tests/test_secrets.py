@@ -190,3 +190,23 @@ def redact_expiry():
     import datetime as dt
 
     return dt.datetime.now(dt.timezone.utc) + dt.timedelta(minutes=5)
+
+
+def test_every_table_write_is_redacted_whoever_wrote_it(svc):
+    # a write that no other layer redacted (this one bypasses the run model altogether)
+    svc.store.table.create_entity({"PartitionKey": "_x", "RowKey": "y", "note": f"key {API_KEY}"})
+    svc.store.table.upsert_entity({"PartitionKey": "_x", "RowKey": "z", "note": f"AccountKey={AZURITE_KEY}"})
+    assert svc.store.table.get_entity("_x", "y")["note"] == "key REDACTED"
+    assert svc.store.table.get_entity("_x", "z")["note"] == "AccountKey=REDACTED"
+
+
+def test_every_log_record_is_redacted_whoever_logs_it(settings, caplog):
+    log = logging.getLogger("somewhere.else")
+    log.warning("the key is %s", API_KEY)
+    try:
+        raise RuntimeError(f"the service said {API_KEY}")
+    except RuntimeError:
+        log.exception("it failed")
+    text = log_text(caplog)
+    assert "the key is REDACTED" in text and "RuntimeError: the service said REDACTED" in text
+    assert API_KEY not in text and API_KEY not in caplog.text
