@@ -160,7 +160,7 @@ def page_html(svc, *, now: dt.datetime | None = None, link_query: str = "") -> s
     )
     active_rows = "".join(
         f"<tr><td class=mono>{e(r.run_id)}</td><td>{_badge(r.status)}</td><td>{e(shown(r.blob_name))}</td>"
-        f"<td>{_progress(r.status)}</td><td>{e(_ago(_iso(r.created_at), now))}</td></tr>"
+        f"<td>{_progress(r.status)}{_check_failures(r)}</td><td>{e(_ago(_iso(r.created_at), now))}</td></tr>"
         for r in active
     )
     recent_rows = "".join(
@@ -230,6 +230,15 @@ def _badge(status: str) -> str:
         else "idle"
     )
     return f"<span class='badge {kind}'>{html.escape(status)}</span>"
+
+
+def _check_failures(run: Run) -> str:
+    """A stalled job shows before its deadline: how many status checks failed, and the last error."""
+    if not run.check_failures or run.ended:
+        return ""
+    last = run.last_check_error or {}
+    title = html.escape(shown(f"{last.get('code')}: {last.get('message')}"[:300]))
+    return f"<div class=muted title='{title}'>{run.check_failures} failed status checks</div>"
 
 
 def _progress(status: str) -> str:

@@ -501,9 +501,10 @@ def start_quiet_waiter(svc: Services, actor: str, now: dt.datetime | None = None
         return None
     waiter = svc.store.get(svc.settings.pipeline, slot.waiting_run)
     now = now or utcnow()
-    arrived = waiter and (waiter.recorded_at or waiter.created_at)  # storage's clock, not the recorder's
-    if waiter is not None and arrived + dt.timedelta(seconds=svc.settings.debounce_seconds) > now:
-        return Outcome(waiter.run_id, waiter.status, "quiet_period")
+    if waiter is not None:
+        arrived = waiter.recorded_at or waiter.created_at  # storage's clock, not the recorder's
+        if arrived + dt.timedelta(seconds=svc.settings.debounce_seconds) > now:
+            return Outcome(waiter.run_id, waiter.status, "quiet_period")
     return _pass_slot(svc, None, actor, f"promoted: no newer upload for {svc.settings.debounce_seconds}s")
 
 

@@ -111,6 +111,9 @@ def test_a_status_call_that_keeps_failing_is_counted_and_the_deadline_still_hold
         "InternalError",
     )
     assert sum("checking BES job" in h.get("event", "") for h in run.history) == 1
+    from shared import status
+
+    assert "2 failed status checks" in status.page_html(svc)  # visible to an operator before the deadline
     # WHEN the job's allowed time has passed (status still failing)
     age(svc, first.run_id, svc.settings.job_timeout_minutes + 1)
     host.fire_timer("poll_runs")
