@@ -6,7 +6,7 @@ import azure.functions as func
 import azurefunctions.extensions.bindings.blob as blob_types
 
 from shared import telemetry, workflow
-from shared.settings import blob_trigger_source, retrain_schedule
+from shared.settings import blob_trigger_source, schedules
 from shared.storage import blob_ref_from_properties
 
 telemetry.configure_azure_monitor()  # before the app object, as the Functions OpenTelemetry guide says
@@ -42,7 +42,8 @@ def retrain_on_upload(blob: blob_types.BlobClient, context: func.Context) -> Non
     outcome = workflow.start_run_for_blob(
         workflow.get_services(), ref, source="blob", actor=f"blob-trigger/{context.invocation_id}"
     )
-    log.info("run %s for %s: %s (%s)", outcome.run_id, ref.path, outcome.action, outcome.status)
+    if outcome.action != "unrouted":  # an unrouted upload was recorded and logged once already
+        log.info("run %s for %s: %s (%s)", outcome.run_id, ref.path, outcome.action, outcome.status)
 
 
 @app.function_name("poll_runs")
@@ -74,15 +75,24 @@ def run_command(msg: func.QueueMessage, context: func.Context) -> None:
     log.info("command %s (delivery %s): %s", msg.id, msg.dequeue_count, result)
 
 
-if retrain_schedule():  # off by default: a timer needs a schedule, and "off" has no NCRONTAB spelling
+def _scheduled(function_name: str, pipeline: str | None, schedule: str) -> None:
+    """A timer that retrains ``pipeline`` on its newest training data (the same path as uploads)."""
 
-    @app.function_name("retrain_on_schedule")
-    @app.timer_trigger(arg_name="timer", schedule=retrain_schedule(), run_on_startup=False, use_monitor=True)
+    @app.function_name(function_name)
+    @app.timer_trigger(arg_name="timer", schedule=schedule, run_on_startup=False, use_monitor=True)
     def retrain_on_schedule(timer: func.TimerRequest, context: func.Context) -> None:
-        """Retrain on the newest training data on RETRAIN_SCHEDULE (through the same path as uploads)."""
-        outcome = workflow.retrain_on_schedule(workflow.get_services(), actor=f"timer-retrain/{context.invocation_id}")
+        outcome = workflow.retrain_on_schedule(
+            workflow.get_services(), actor=f"timer-retrain/{context.invocation_id}", pipeline=pipeline
+        )
         if outcome:
             log.info("run %s: %s (%s)", outcome.run_id, outcome.action, outcome.status)
+
+    globals()[function_name] = retrain_on_schedule
+
+
+# Off by default: a timer needs a schedule, and "off" has no NCRONTAB spelling. One per schedule.
+for _name, _pipeline, _schedule in schedules():
+    _scheduled(_name, _pipeline, _schedule)
 
 
 def _json(body: object, status: int = 200) -> func.HttpResponse:

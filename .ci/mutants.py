@@ -42,8 +42,8 @@ MUTANTS = [
     Mutant(
         "run save without ETag",
         "shared/store.py",
-        f"run.to_entity(), mode=UpdateMode.REPLACE, etag=run.etag, {CONDITIONAL}",
-        f"run.to_entity(), mode=UpdateMode.REPLACE, etag=None, {UNCONDITIONAL}",
+        f"run_entity(run), mode=UpdateMode.REPLACE, etag=run.etag, {CONDITIONAL}",
+        f"run_entity(run), mode=UpdateMode.REPLACE, etag=None, {UNCONDITIONAL}",
         (f"{CONCURRENCY}::test_two_updates_of_one_run_read_at_once_both_stick",),
     ),
     Mutant(
@@ -77,14 +77,14 @@ MUTANTS = [
     # --- least privilege ----------------------------------------------------------------------------
     Mutant(
         "BES input/output SAS valid for a year",
-        "shared/workflow.py",
-        "expiry = now + dt.timedelta(minutes=s.job_timeout_minutes) + SAS_MARGIN",
+        "shared/bes.py",
+        "expiry = now + dt.timedelta(minutes=self.job_timeout_minutes) + SAS_MARGIN",
         "expiry = now + dt.timedelta(days=365)",
         ("tests/test_start_run.py::test_bes_gets_blob_scoped_sas_references_and_never_the_account_key",),
     ),
     Mutant(
         "classic model SAS read+write+delete",
-        "shared/deploy.py",
+        "shared/classic.py",
         'self.storage.blob_sas(container, blob, "r", expiry)',
         'self.storage.blob_sas(container, blob, "rwd", expiry)',
         (
@@ -94,9 +94,9 @@ MUTANTS = [
     # --- every run ends -----------------------------------------------------------------------------
     Mutant(
         "resubmission ignores MAX_ATTEMPTS",
-        "shared/poll.py",
-        "if svc.settings.resubmit_failed_jobs and run.attempts < svc.settings.max_attempts:",
-        "if svc.settings.resubmit_failed_jobs:",
+        "shared/decisions.py",
+        "if resubmit and attempts < max_attempts:",
+        "if resubmit:",
         ("tests/test_loop.py::test_resubmission_stops_at_max_attempts_and_the_run_fails",),
     ),
     Mutant(
@@ -108,8 +108,8 @@ MUTANTS = [
     ),
     Mutant(
         "a permanent status error is retried forever",
-        "shared/poll.py",
-        "        if not exc.transient:  # the job is unknown (404), or our key no longer opens it (401/403)",
+        "shared/decisions.py",
+        "        if not check_transient:",
         "        if False:",
         ("tests/test_hostile.py::test_a_permanent_status_error_ends_the_run_with_the_reason",),
     ),
@@ -124,8 +124,8 @@ MUTANTS = [
     Mutant(
         "ARM read-back verification skipped",
         "shared/deploy.py",
-        "        seen = deployer.live()\n",
-        "        seen = model if isinstance(deployer, ArmDeployer) else deployer.live()\n",
+        "            seen = deployer.live()\n",
+        '            seen = model if target.kind == "arm" else deployer.live()\n',
         ("tests/test_loop.py::test_an_arm_update_whose_operation_succeeds_but_changes_nothing_is_not_a_deploy",),
     ),
     Mutant(
@@ -319,6 +319,9 @@ def check(mutant: Mutant, tracked: list[str]) -> tuple[Mutant, bool, str, float]
 def main() -> int:
     words = sys.argv[1:]
     chosen = [m for m in MUTANTS if not words or any(word in m.name for word in words)]
+    if not chosen:
+        print(f"no mutant's name contains {' or '.join(words)}")
+        return 1
     tracked = files()
     # The tests must pass on the unmutated code, or "killed" would mean nothing.
     with tempfile.TemporaryDirectory(prefix="mutant-baseline-") as scratch:

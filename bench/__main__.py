@@ -312,6 +312,7 @@ def _seed_finished_runs(svc, count: int) -> None:
     """``count`` realistic finished runs (history, metrics, targets) written in 100-entity transactions."""
     from shared import runs as R
     from shared.storage import BlobRef
+    from shared.store import run_entity
 
     if not count:
         return
@@ -325,7 +326,7 @@ def _seed_finished_runs(svc, count: int) -> None:
             run.transition(to, by="bench", reason=f"seeded: {to}", now=at)
         run.metrics = {"AUC": 0.8, "Accuracy": 0.75}
         run.targets = {"classic": {"status": "Deployed"}, "arm": {"status": "Deployed"}}
-        entities.append(run.to_entity())
+        entities.append(run_entity(run))
     batches = [entities[i : i + 100] for i in range(0, len(entities), 100)]
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda batch: svc.store.table.submit_transaction([("create", e) for e in batch]), batches))

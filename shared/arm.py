@@ -13,8 +13,9 @@ import copy
 import json
 import re
 import time
+from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import requests
 
@@ -23,6 +24,48 @@ from shared.http import ServiceError, ci_get, make_session, read_json, send, tex
 from shared.redact import hold
 
 SCOPE = "https://management.azure.com/.default"
+API_VERSIONS = ("2017-01-01", "2016-05-01-preview")
+_RESOURCE_ID = re.compile(
+    r"/subscriptions/[^/]+/resourceGroups/[^/]+/providers/Microsoft\.MachineLearning/webServices/[^/]+", re.IGNORECASE
+)
+
+
+@dataclass(frozen=True)
+class ArmTarget:
+    """A New (ARM) web service, updated by rewriting its trained-model asset in the definition."""
+
+    name: str
+    resource_id: str
+    asset_name: str | None = None
+    management_url: str = "https://management.azure.com"
+    api_version: str = "2017-01-01"
+    kind: str = "arm"
+
+    @property
+    def address(self) -> str:
+        return self.resource_id
+
+
+def parse_config(name: str, fields: dict, what: str, ctx) -> ArmTarget:
+    """A ``DEPLOY_TARGETS`` entry of kind ``arm``: ``resource_id``, and optionally ``asset_name``,
+    ``management_url`` (default the public cloud's) and ``api_version``."""
+    from shared.settings import check_fields, fail
+
+    check_fields(fields, what, {"resource_id", "asset_name", "management_url", "api_version"}, {"resource_id"})
+    resource_id = ctx.text(fields, "resource_id", what)
+    if not _RESOURCE_ID.fullmatch(resource_id):
+        raise fail(
+            what,
+            "resource_id must be /subscriptions/<id>/resourceGroups/<rg>/"
+            "providers/Microsoft.MachineLearning/webServices/<name>",
+        )
+    version = ctx.text(fields, "api_version", what, "2017-01-01")
+    if version not in API_VERSIONS:
+        raise fail(what, f"api_version must be one of {', '.join(API_VERSIONS)}")
+    management = ctx.url(fields.get("management_url", "https://management.azure.com"), f"{what} management_url", "arm")
+    return ArmTarget(name, resource_id, ctx.text(fields, "asset_name", what), management.rstrip("/"), version)
+
+
 TERMINAL = {"succeeded": "Succeeded", "failed": "Failed", "canceled": "Canceled", "cancelled": "Canceled"}
 
 
@@ -212,3 +255,52 @@ class ArmWebServiceClient:
                 )
             retry_after = (response.headers.get("Retry-After") or "").strip()
             time.sleep(min(float(retry_after), 60.0) if _SECONDS.fullmatch(retry_after) else self._poll_seconds)
+
+
+class ArmDeployer:
+    """An ARM web service reads the model through its own storage account, so its asset gets the plain
+    blob URL (the public recipe); the model must live in that account."""
+
+    def __init__(self, target: ArmTarget, storage, client: ArmWebServiceClient) -> None:
+        self.target, self.storage, self.client = target, storage, client
+
+    def _update(self, definition: dict, model_path: str) -> tuple[str, dict]:
+        container, blob = model_path.split("/", 1)
+        key = find_asset(definition, self.target.asset_name)
+        return key, with_asset_uri(definition, key, self.storage.blob_url(container, blob))
+
+    def put(self, model_path: str) -> None:
+        _, body = self._update(self.client.get(self.target.resource_id), model_path)
+        self.client.patch(self.target.resource_id, body)
+
+    def live(self) -> str | None:
+        definition = self.client.get(self.target.resource_id)
+        uri = asset_uri(definition, find_asset(definition, self.target.asset_name)) or ""
+        plain = uri.split("?", 1)[0]
+        base = self.storage.blob_base_location
+        return unquote(plain[len(base) :]) if plain.startswith(base) else uri
+
+    def probe(self) -> str:
+        definition = self.client.get(self.target.resource_id)
+        key = find_asset(definition, self.target.asset_name)
+        return f"web service reachable, token accepted; asset {key!r} now at {asset_uri(definition, key)}"
+
+    def preview(self, model_path: str) -> tuple[str, dict]:
+        key, body = self._update(self.client.get(self.target.resource_id), model_path)
+        properties = body["properties"]
+        visible = {k: ({key: v[key]} if isinstance(v, dict) and key in v else v) for k, v in properties.items()}
+        return f"PATCH {self.target.resource_id} (of all assets, only {key} shown)", {"properties": visible}
+
+
+def build(target: ArmTarget, svc) -> ArmDeployer:
+    s = svc.settings
+    client = ArmWebServiceClient(
+        target.management_url,
+        svc.azure_credential(),
+        api_version=target.api_version,
+        timeout=s.http_timeout_seconds,
+        poll_seconds=s.arm_poll_seconds,
+        operation_timeout=s.arm_timeout_seconds,
+        session=svc.session(),
+    )
+    return ArmDeployer(target, svc.storage, client)

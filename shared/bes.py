@@ -8,15 +8,18 @@ legacy integer. Retries (429/503/504, dropped connections, honouring ``Retry-Aft
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import requests
 
 from shared.http import ServiceError, check_shape, make_session, read_json, send
+from shared.training import JobState, Submission
 
 log = logging.getLogger(__name__)
 
@@ -176,3 +179,159 @@ def blob_reference(base_location: str, relative_location: str, sas_token: str) -
         "RelativeLocation": relative_location,
         "SasBlobToken": sas_token,
     }
+
+
+# --- BES as a trainer (shared/training.py) ------------------------------------------------------------
+
+# The input/output SAS must outlive the job: its whole allowed time plus this margin. Past it the job
+# can neither read the data nor write a model, so a job we could not cancel is harmless from then on.
+SAS_MARGIN = dt.timedelta(minutes=30)
+_OUTPUT_NAME = re.compile(r'[^"\\]{1,256}')
+
+
+@dataclass(frozen=True)
+class BesConfig:
+    """A pipeline's training web service, reached through BES."""
+
+    jobs_url: str
+    api_key: str = field(repr=False)
+    input_name: str = "input1"
+    model_output: str = "output1"
+    evaluation_output: str = "output2"
+    global_parameters: Mapping[str, object] = field(default_factory=dict)
+    kind: str = "bes"
+
+
+def parse_config(fields: dict, what: str, ctx) -> BesConfig:
+    """A pipeline's ``trainer`` of kind ``bes``: ``jobs_url`` and the key; the web service's input and
+    output names and its global parameters default to the flat ``BES_*`` settings."""
+    from shared.settings import check_fields, fail, jobs_url
+
+    allowed = {"jobs_url", "api_key", "api_key_setting", "input_name", "model_output", "evaluation_output"}
+    check_fields(fields, what, allowed | {"global_parameters"}, {"jobs_url"})
+    defaults = ctx.defaults["bes"]
+    names = {}
+    for name in ("input_name", "model_output", "evaluation_output"):
+        value = ctx.text(fields, name, what, defaults[name])
+        if not _OUTPUT_NAME.fullmatch(value):
+            raise fail(f"{what} {name}", f"{value!r} is not a usable web service input/output name")
+        names[name] = value
+    if names["model_output"] == names["evaluation_output"]:
+        raise fail(f"{what} evaluation_output", "must differ from model_output")
+    parameters = fields.get("global_parameters", defaults["global_parameters"])
+    if not isinstance(parameters, dict) or not all(isinstance(v, (str, int, float, bool)) for v in parameters.values()):
+        raise fail(f"{what} global_parameters", "must be an object of names to string/number values")
+    url = jobs_url(ctx.text(fields, "jobs_url", what), f"{what} jobs_url", ctx.extra_hosts)
+    return BesConfig(url, ctx.secret(fields, what), global_parameters=dict(parameters), **names)
+
+
+class BesTrainer:
+    """Training on a classic training web service: one BES job per run, with blob-scoped SAS only."""
+
+    kind = "bes"
+    cancel_grace = SAS_MARGIN
+
+    def __init__(self, config: BesConfig, storage, *, models_container: str, job_timeout_minutes: int, client) -> None:
+        self.config, self.storage = config, storage
+        self.models_container, self.job_timeout_minutes = models_container, job_timeout_minutes
+        self.client = client
+
+    def request(self, run, now: dt.datetime) -> tuple[dict, dict[str, str]]:
+        """The BES submit body for ``run`` and the output paths it names.
+
+        Input: a read-only SAS for exactly the training blob. Outputs: create/write SAS for exactly the
+        run's own, never-reused blobs. All expire when the job's allowed time (plus a margin) is over.
+        """
+        c, storage, models = self.config, self.storage, self.models_container
+        expiry = now + dt.timedelta(minutes=self.job_timeout_minutes) + SAS_MARGIN
+        folder = f"{run.pipeline}/{run.run_id}"
+        outputs = {"model": f"{folder}/model.ilearner", "evaluation": f"{folder}/evaluation.csv"}
+        base = storage.blob_base_location
+
+        def output(blob: str) -> dict:
+            return blob_reference(base, f"{models}/{blob}", storage.blob_sas(models, blob, "cw", expiry, now=now))
+
+        source = storage.blob_sas(run.blob_container, run.blob_name, "r", expiry, now=now)
+        request = {
+            "Inputs": {c.input_name: blob_reference(base, f"{run.blob_container}/{run.blob_name}", source)},
+            "Outputs": {c.model_output: output(outputs["model"]), c.evaluation_output: output(outputs["evaluation"])},
+            "GlobalParameters": dict(c.global_parameters),
+        }
+        return request, {k: f"{models}/{v}" for k, v in outputs.items()}
+
+    def submit(self, run, now: dt.datetime) -> Submission:
+        self.storage.ensure_container(self.models_container)
+        request, outputs = self.request(run, now)
+        return Submission(self.client.submit(request), outputs)
+
+    def start(self, job_id: str) -> None:
+        try:
+            self.client.start(job_id)
+        except BesError as exc:
+            if "CannotStartJob" not in exc.detail_codes:
+                raise
+            # Started by an earlier, interrupted attempt: fine as long as the job is alive or done.
+            status = self.client.status(job_id)
+            if status.status not in ("Running", "Finished"):
+                raise BesError(
+                    f"job {job_id} cannot be started: it is {status.status}. {status.details or ''}".strip(),
+                    operation="start",
+                    code="InvalidOperation",
+                    detail_codes=("CannotStartJob",),
+                    http_status=exc.http_status,
+                ) from None
+
+    def status(self, job_id: str) -> JobState:
+        status = self.client.status(job_id)
+        reported = {
+            name: ref.get("RelativeLocation") for name, ref in (status.results or {}).items() if isinstance(ref, dict)
+        }
+        return JobState(status.status, status.details, reported)
+
+    def cancel(self, job_id: str) -> None:
+        try:
+            self.client.cancel(job_id)
+        except BesError as exc:
+            if exc.http_status != 404:  # gone already: nothing to cancel
+                raise
+
+    def evaluation(self, run) -> dict[str, float]:
+        """The Evaluate Model CSV the job wrote to our storage (BES's ``Results`` are not trusted)."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        from shared.gate import EvaluationError, parse_evaluation
+
+        path = run.outputs["evaluation"]
+        container, blob = path.split("/", 1)
+        try:
+            data = self.storage.blobs.get_blob_client(container, blob).download_blob().readall()
+        except ResourceNotFoundError:
+            raise EvaluationError(f"BES reported Finished but {path} is missing", "EvaluationMissing") from None
+        try:
+            return parse_evaluation(data.decode("utf-8-sig"))
+        except UnicodeDecodeError as exc:
+            raise EvaluationError(f"{path} is not text: {exc}") from None
+
+    def probe(self) -> str:
+        try:
+            self.client.status("0" * 32)  # a job that cannot exist: 404 proves the URL and the key
+        except BesError as exc:
+            if exc.http_status == 404:
+                return f"{self.config.jobs_url}: reachable, key accepted"
+            raise
+        raise BesError("a made-up job id was found", operation="status", code="UnexpectedResponse")
+
+    def preview(self, run, now: dt.datetime) -> tuple[str, dict]:
+        return f"to BES for {run.blob_container}/{run.blob_name}", self.request(run, now)[0]
+
+
+def build(config: BesConfig, svc) -> BesTrainer:
+    s = svc.settings
+    client = BesClient(config.jobs_url, config.api_key, timeout=s.http_timeout_seconds, session=svc.session())
+    return BesTrainer(
+        config,
+        svc.storage,
+        models_container=s.models_container,
+        job_timeout_minutes=s.job_timeout_minutes,
+        client=client,
+    )

@@ -130,7 +130,8 @@ def check(args: argparse.Namespace) -> int:
         print(f"  FAIL  {exc}")
         return 2
     report = Report()
-    report.ok("valid", f"{len(settings.targets)} deploy target(s), pipeline {settings.pipeline!r}")
+    names = ", ".join(p.name for p in settings.pipelines)
+    report.ok("valid", f"{len(settings.targets)} deploy target(s), pipeline(s) {names}")
     if args.offline:
         return 0
     from shared.workflow import build_services
@@ -140,7 +141,8 @@ def check(args: argparse.Namespace) -> int:
             os.environ[name] = values[name]  # azure-identity reads these from the environment
     svc = build_services(settings, create=False)
     _check_storage(svc, report)
-    _check_bes(svc, report)
+    for pipeline in settings.pipelines:
+        _check_trainer(svc, pipeline, report)
     for target in settings.targets:
         _check_target(svc, target, report)
     print("all reachable; nothing was changed" if not report.failures else f"{report.failures} problem(s)")
@@ -160,73 +162,43 @@ def _check_storage(svc, report: Report) -> None:
         report.fail("storage", f"{type(exc).__name__}: {exc}")
 
 
-def _check_bes(svc, report: Report) -> None:
-    from shared.bes import BesError
+def _check_trainer(svc, pipeline, report: Report) -> None:
+    from shared.http import ServiceError
     from shared.runs import Run, utcnow
-    from shared.workflow import NothingToTrain, bes_request, newest_training_blob
+    from shared.workflow import NothingToTrain, newest_training_blob
 
-    print(f"BES {svc.settings.bes_jobs_url}")
+    prefix = f", uploads under {pipeline.blob_prefix!r}" if pipeline.blob_prefix else ""
+    print(f"pipeline {pipeline.name} ({pipeline.trainer.kind} trainer{prefix})")
+    trainer = svc.trainer(pipeline.name)
     try:
-        svc.bes.status("0" * 32)  # a job that cannot exist: 404 proves the URL and the key
-        report.fail("BES", "a made-up job id was found")
-    except BesError as exc:
-        if exc.http_status == 404:
-            report.ok("reachable, key accepted")
-        else:
-            report.fail("BES", str(exc))
-            return
+        report.ok(trainer.kind.upper(), trainer.probe())
+    except ServiceError as exc:
+        report.fail(trainer.kind.upper(), str(exc))
+        return
     try:
-        blob = svc.storage.blob_ref(svc.settings.training_container, newest_training_blob(svc))
+        blob = svc.storage.blob_ref(svc.settings.training_container, newest_training_blob(svc, pipeline))
     except NothingToTrain as exc:
         report.ok("submit request", f"not shown: {exc}")
         return
-    run = Run.for_blob(svc.settings.pipeline, blob, "check", "check", utcnow())
-    request, _ = bes_request(svc, run, utcnow())  # computed locally: SAS tokens are signed, not requested
-    report.show(f"to BES for {blob.path}", request)
+    run = Run.for_blob(pipeline.name, blob, "check", "check", utcnow())
+    report.show(*trainer.preview(run, utcnow()))  # computed locally: SAS tokens are signed, not requested
 
 
 def _check_target(svc, target, report: Report) -> None:
-    from shared.arm import asset_uri, find_asset, with_asset_uri
     from shared.http import ServiceError
 
     print(f"target {target.name} ({target.kind})")
     live = svc.targets.peek(target.name)
+    owner = svc.settings.pipeline_of_target(target.name)
     model = (
         live.live_model
         if live and live.live_model
-        else f"{svc.settings.models_container}/{svc.settings.pipeline}/<run id>/model.ilearner"
+        else f"{svc.settings.models_container}/{owner.name if owner else '<pipeline>'}/<run id>/model.ilearner"
     )
     deployer = svc.deployer(target)
     try:
-        if target.kind == "classic":
-            location = deployer.client.resource_location(target.resource_name)
-            if location is None:
-                report.fail("resource", f"the endpoint has no resource named {target.resource_name!r}")
-                return
-            report.ok("endpoint reachable, key accepted", f"resource {target.resource_name!r} found")
-            report.show(
-                "PATCH " + target.endpoint_url,
-                {
-                    "Resources": [
-                        {
-                            "Name": target.resource_name,
-                            "Location": {
-                                "BaseLocation": svc.storage.blob_base_location,
-                                "RelativeLocation": model,
-                                "SasBlobToken": "?sv=...&sr=b&sp=r&sig=REDACTED",
-                            },
-                        }
-                    ]
-                },
-            )
-        else:
-            definition = deployer.client.get(target.resource_id)
-            key = find_asset(definition, target.asset_name)
-            report.ok("web service reachable, token accepted", f"asset {key!r} now at {asset_uri(definition, key)}")
-            container, _, blob = model.partition("/")
-            properties = with_asset_uri(definition, key, svc.storage.blob_url(container, blob))["properties"]
-            visible = {k: ({key: v[key]} if isinstance(v, dict) and key in v else v) for k, v in properties.items()}
-            report.show(f"PATCH {target.resource_id} (of all assets, only {key} shown)", {"properties": visible})
+        report.ok("reachable", deployer.probe())
+        report.show(*deployer.preview(model))
     except ServiceError as exc:
         report.fail(target.name, str(exc))
 

@@ -28,7 +28,7 @@ from shared.deploy import CommandRejected
 from shared.http import ServiceError
 from shared.redact import redact, shown
 from shared.runs import utcnow
-from shared.store import DONE, FAILED, REJECTED, StaleError
+from shared.store import DONE, FAILED, REJECTED, Claim, StaleError
 
 log = logging.getLogger(__name__)
 HOST_JSON = Path(__file__).resolve().parent.parent / "host.json"
@@ -151,28 +151,30 @@ def handle(svc, raw: bytes, *, message_id: str, dequeue_count: int, actor: str) 
     loose = body if body is not None else _loose_json(raw)
     key, fields = request_key(loose, message_id), _fields(loose, message_id, excerpt, actor)
     run_id = loose.get("run_id") if isinstance(loose, dict) and isinstance(loose.get("run_id"), str) else None
-    with telemetry.bind(pipeline=svc.settings.pipeline, command=key, run_id=run_id):
+    named = loose.get("pipeline") if isinstance(loose, dict) and isinstance(loose.get("pipeline"), str) else None
+    with telemetry.bind(pipeline=named or svc.settings.pipelines[0].name, command=key, run_id=run_id):
         return _handle(svc, body, problem, key, fields, now, dequeue_count=dequeue_count, actor=actor)
 
 
-def _claim(svc, key: str, fields: dict, now, dequeue_count: int) -> tuple[str, str, dict]:
+def _claim(svc, key: str, fields: dict, now, dequeue_count: int) -> Claim:
     """Claim ``key``; if storage refuses that key outright (a 4xx, not an outage), fall back to the
     message's own key so the message is still recorded."""
     from azure.core.exceptions import HttpResponseError
 
     try:
-        return (key, *svc.commands.claim(key, fields, LEASE, now, dequeue_count))
+        return svc.commands.claim(key, fields, LEASE, now, dequeue_count)
     except HttpResponseError as exc:
         fallback = f"msg:{message_key(fields['message_id'])}"
         if key == fallback or exc.status_code is None or not 400 <= exc.status_code < 500 or exc.status_code == 429:
             raise
         log.warning("command %s: storage refused key %r (%s); recorded as %s", fields["message_id"], key, exc, fallback)
-        return (fallback, *svc.commands.claim(fallback, fields, LEASE, now, dequeue_count))
+        return svc.commands.claim(fallback, fields, LEASE, now, dequeue_count)
 
 
 def _handle(svc, body, problem, key: str, fields: dict, now, *, dequeue_count: int, actor: str) -> str:
     message_id = fields["message_id"]
-    key, state, record = _claim(svc, key, fields, now, dequeue_count)
+    claim = _claim(svc, key, fields, now, dequeue_count)
+    key, state, record = claim.key, claim.state, claim.record
     if state == "done":
         log.info(
             "command %s: duplicate of an earlier %s request (%s), not carried out again",
@@ -204,7 +206,13 @@ def _handle(svc, body, problem, key: str, fields: dict, now, *, dequeue_count: i
             if body.get("type") == "deploy":  # the run must not stay Deploying: its targets failed
                 try:
                     deploy.give_up(
-                        svc, body["run_id"], body.get("targets"), final, actor=actor, forced=bool(body.get("force"))
+                        svc,
+                        pipeline_of(svc, body).name,
+                        body["run_id"],
+                        body.get("targets"),
+                        final,
+                        actor=actor,
+                        forced=bool(body.get("force")),
                     )
                 except Exception:  # the command's own record comes first
                     log.exception("command %s: could not record the failure on run %s", message_id, body["run_id"])
@@ -246,15 +254,31 @@ def _reject(svc, key: str, exc: CommandRejected, fields: dict, dequeue_count: in
     return f"rejected: {reason}"
 
 
+def pipeline_of(svc, body: dict):
+    """The pipeline a command is for: the one it names, or the only one; naming it is required when
+    several are configured (a command must not guess which model it changes)."""
+    pipelines = svc.settings.pipelines
+    name = body.get("pipeline")
+    if name is None:
+        if len(pipelines) > 1:
+            raise CommandRejected(
+                f"pipeline is required: {len(pipelines)} are configured ({', '.join(p.name for p in pipelines)})"
+            )
+        return pipelines[0]
+    pipeline = svc.settings.pipeline_named(name)
+    if pipeline is None:
+        raise CommandRejected(f"unknown pipeline {name!r} (configured: {', '.join(p.name for p in pipelines)})")
+    return pipeline
+
+
 def _execute(svc, body: dict, *, actor: str, attempt: int, max_attempts: int) -> str:
-    if body.get("pipeline", svc.settings.pipeline) != svc.settings.pipeline:
-        raise CommandRejected(f"unknown pipeline {body.get('pipeline')!r}")
+    pipeline = pipeline_of(svc, body)
     kind = body["type"]
     if kind == "retrain":
         from shared.workflow import NothingToTrain, retrain
 
         try:
-            outcome = retrain(svc, body.get("blob"), source="queue", actor=actor)
+            outcome = retrain(svc, body.get("blob"), source="queue", actor=actor, pipeline=pipeline)
         except NothingToTrain as exc:
             raise CommandRejected(str(exc)) from None
         return f"retrain: run {outcome.run_id} {outcome.action} ({outcome.status})"
@@ -262,6 +286,7 @@ def _execute(svc, body: dict, *, actor: str, attempt: int, max_attempts: int) ->
         force = body.get("reason") if body.get("force") else None
         run = deploy.deploy_run(
             svc,
+            pipeline.name,
             body["run_id"],
             body.get("targets"),
             actor=actor,
@@ -271,5 +296,5 @@ def _execute(svc, body: dict, *, actor: str, attempt: int, max_attempts: int) ->
         )
         states = ", ".join(f"{n}: {t['status']}" for n, t in sorted(run.targets.items()))
         return f"deploy {run.run_id}: {run.status} ({states})"
-    result = deploy.rollback(svc, body["target"], body.get("to_run"), actor=actor)
+    result = deploy.rollback(svc, pipeline.name, body["target"], body.get("to_run"), actor=actor)
     return f"rollback {body['target']}: {result.action} ({result.reason})"

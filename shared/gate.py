@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
 # Metrics for which a smaller value is better; every other metric (AUC, Accuracy, ...) is bigger-better.
@@ -23,8 +24,21 @@ LOWER_IS_BETTER = frozenset(
 )
 
 
+@dataclass(frozen=True)
+class Gate:
+    """One pipeline's gate: the metric judged, its worst acceptable value, the improvement required."""
+
+    metric: str = "AUC"
+    min: float | None = None
+    min_improvement: float = 0.0
+
+
 class EvaluationError(ValueError):
-    """The evaluation output cannot be judged (missing column, not a number)."""
+    """The evaluation cannot be judged; ``code`` says why (``EvaluationMissing``, ``EvaluationInvalid``)."""
+
+    def __init__(self, message: str, code: str = "EvaluationInvalid") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def parse_evaluation(text: str) -> dict[str, float]:
@@ -46,11 +60,16 @@ def parse_evaluation(text: str) -> dict[str, float]:
     return metrics
 
 
-def metric_value(metrics: dict[str, float], metric: str) -> float:
-    for name, value in metrics.items():
-        if name.lower() == metric.lower():
-            return value
-    raise EvaluationError(f"the evaluation output has no numeric {metric!r} column (it has: {', '.join(metrics)})")
+def metric(metrics: Mapping[str, float] | None, name: str) -> float | None:
+    """The value of metric ``name`` (matched case-insensitively: services and sources vary), or ``None``."""
+    return next((v for k, v in (metrics or {}).items() if k.lower() == name.lower()), None)
+
+
+def metric_value(metrics: Mapping[str, float], name: str) -> float:
+    value = metric(metrics, name)
+    if value is None:
+        raise EvaluationError(f"the evaluation output has no numeric {name!r} column (it has: {', '.join(metrics)})")
+    return value
 
 
 @dataclass(frozen=True)
@@ -97,3 +116,25 @@ def judge(
         if min_improvement
         else f"{metric} {value:.4f} is not better than the live {champion:.4f}",
     )
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What the gate decides for a trained run: ``Finished`` (no target), ``Approved`` (better than
+    what is live on some target) or ``Rejected``, why, and the decision per target."""
+
+    status: str
+    reason: str
+    decisions: dict[str, dict]
+
+
+def decide(gate: Gate, value: float, champions: Mapping[str, float | None]) -> Verdict:
+    """Judge ``value`` against the live model of each target (``champions``: target -> its live value)."""
+    if not champions:
+        return Verdict("Finished", f"{gate.metric} {value:.4f}; no deploy target is configured", {})
+    decisions = {
+        name: judge(gate.metric, value, champion=live, floor=gate.min, min_improvement=gate.min_improvement).as_record()
+        for name, live in champions.items()
+    }
+    reason = "; ".join(f"{name}: {d['reason']}" for name, d in decisions.items())
+    return Verdict("Approved" if any(d["approved"] for d in decisions.values()) else "Rejected", reason, decisions)

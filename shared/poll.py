@@ -1,9 +1,11 @@
-"""The timer's poll: move every active run on, from its BES job's state to a judged, handed-off model.
+"""The timer's poll: move every pipeline's active run on, from its job's state to a judged, handed-off
+model.
 
-Cost grows with the number of active runs, not with history: the poll reads the pipeline slots (one
-small partition) and then only the runs they name. Runs are polled concurrently (bounded). Overlapping
-polls are safe: every move is an ETag-conditional update of a run read just before, so of two polls
-seeing the same finished job exactly one records it and hands it on.
+Cost grows with active work, not with history: the poll reads the pipelines' slots (one small
+partition: the index of what is active) and then only the runs they name, pipelines concurrently
+(``POLL_CONCURRENCY``). A pipeline whose poll fails has the error recorded on its slot; the others go
+on. Overlapping polls are safe: every move is an ETag-conditional update of a run read just before,
+so of two polls seeing the same finished job exactly one records it and hands it on.
 """
 
 from __future__ import annotations
@@ -11,138 +13,163 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+from concurrent.futures import ThreadPoolExecutor
 
-from shared import gate, telemetry
+from shared import decisions, gate, telemetry
 from shared import runs as R
-from shared.bes import BesError
 from shared.http import ServiceError
 from shared.redact import redact
-from shared.runs import Run, utcnow
-from shared.workflow import (
-    LEASE,
-    SAS_MARGIN,
-    Outcome,
-    RetryLater,
-    Services,
-    _admit_and_submit,
-    _submit,
-    _take_over,
-    advance_pipeline,
-    promote,
-    start_quiet_waiter,
-)
+from shared.runs import LEASE, Outcome, RetryLater, Run, utcnow
+from shared.store import PipelineSlot
+from shared.submission import admit_and_submit, advance_pipeline, promote, start_quiet_waiter, submit, take_over
+from shared.training import JobState
 
 log = logging.getLogger(__name__)
 COMMAND_VERSION = 1
 
 
-def poll(svc: Services, *, actor: str, now: dt.datetime | None = None) -> list[Outcome]:
-    """Check the active run once (and start a held upload once quiet); return what happened."""
-    slot = svc.store.get_slot(svc.settings.pipeline)
-    if not slot.active_run:
-        # Only a held upload (DEBOUNCE_SECONDS) waits while the slot is free: start it once quiet.
-        started = start_quiet_waiter(svc, actor, now) if slot.waiting_run else None
-        return [started] if started else []
-    # One training at a time per pipeline: the slot names the only run to check, so cost does not grow
-    # with history (no query over runs at all).
-    return [_poll_safely(svc, slot.active_run, actor, now, slot.updated_at)]
-
-
-def _poll_safely(svc: Services, run_id: str, actor: str, now: dt.datetime | None, since: dt.datetime | None) -> Outcome:
-    """A failure is recorded on the run and retried at the next tick, not raised to the host; whatever
-    failed, a run past its deadline still ends (TimedOut)."""
+def poll(svc, *, actor: str, now: dt.datetime | None = None) -> list[Outcome]:
+    """Check every pipeline's active run once (and start a held upload once quiet); what happened."""
     now = now or utcnow()
-    with telemetry.bind(pipeline=svc.settings.pipeline, run_id=run_id):
+    configured = {p.name for p in svc.settings.pipelines}
+    work = [s for s in svc.store.slots() if s.pipeline in configured and (s.active_run or s.waiting_run)]
+    if len(work) <= 1:
+        outcomes = [poll_pipeline(svc, slot, actor, now) for slot in work]
+    else:
+        with ThreadPoolExecutor(min(len(work), svc.settings.poll_concurrency), thread_name_prefix="poll") as pool:
+            outcomes = list(pool.map(lambda slot: poll_pipeline(svc, slot, actor, now), work))
+    return [o for o in outcomes if o is not None]
+
+
+def poll_pipeline(svc, slot: PipelineSlot, actor: str, now: dt.datetime) -> Outcome | None:
+    """One pipeline's turn. Whatever fails is recorded — on the run if it concerns its job (so the
+    deadline still holds), on the pipeline's slot otherwise — and never stops the other pipelines."""
+    with telemetry.bind(pipeline=slot.pipeline, run_id=slot.active_run):
         try:
-            return poll_run(svc, run_id, actor=actor, now=now, slot_since=since)
-        except (ServiceError, RetryLater) as exc:
-            log.warning("run %s: poll will retry: %s", run_id, exc)
-            return Outcome(run_id, "?", "retry")
-        except Exception as exc:  # a bug or an answer nobody foresaw: the run must still end
-            log.exception("run %s: unexpected error while polling", run_id)
-            return _record_unexpected(svc, run_id, actor, now, exc)
+            if slot.active_run:
+                outcome = poll_run(
+                    svc, slot.pipeline, slot.active_run, actor=actor, now=now, slot_since=slot.updated_at
+                )
+            else:  # only a held upload (DEBOUNCE_SECONDS) waits while the slot is free: start it once quiet
+                outcome = start_quiet_waiter(svc, slot.pipeline, actor, now)
+        except Exception as exc:
+            if isinstance(exc, (ServiceError, RetryLater)):
+                log.warning("pipeline %s: poll will retry: %s", slot.pipeline, exc)
+            else:  # a bug or an answer nobody foresaw
+                log.exception("pipeline %s: unexpected error while polling", slot.pipeline)
+            return _record_failure(svc, slot, actor, now, exc)
+        if slot.last_error:
+            _note_pipeline(svc, slot.pipeline, None)
+        return outcome
 
 
-def _record_unexpected(svc: Services, run_id: str, actor: str, now: dt.datetime, exc: Exception) -> Outcome:
-    error = {"code": "Unexpected", "message": f"{type(exc).__name__}: {exc}", "transient": True}
+def _record_failure(svc, slot: PipelineSlot, actor: str, now: dt.datetime, exc: Exception) -> Outcome:
+    error = {
+        "code": getattr(exc, "code", None) or type(exc).__name__,
+        "message": redact(f"{type(exc).__name__}: {exc}")[:1000],
+        "at": R.iso(now),
+        "transient": getattr(exc, "transient", True),
+    }
     try:
-        run = svc.store.get(svc.settings.pipeline, run_id)
-        if run is not None and run.status == R.RUNNING and run.job_id:
-            return _check_failed(svc, run, actor, now, error)
+        _note_pipeline(svc, slot.pipeline, error)
+        run = svc.store.get(slot.pipeline, slot.active_run) if slot.active_run else None
+        if (
+            run is not None
+            and run.status == R.RUNNING
+            and run.job_id
+            and not isinstance(exc, (ServiceError, RetryLater))
+        ):
+            return _check_failed(svc, run, actor, now, {**error, "code": "Unexpected"})
     except Exception:  # storage itself is failing: nothing can be recorded now; the next tick retries
-        log.exception("run %s: could not record the failure", run_id)
-    return Outcome(run_id, "?", "retry")
+        log.exception("pipeline %s: could not record the failure", slot.pipeline)
+    return Outcome(slot.active_run or "-", "?", "retry")
+
+
+def _note_pipeline(svc, pipeline: str, error: dict | None) -> None:
+    """Record (or clear) the last failed poll of a pipeline on its slot, for the status page and API."""
+
+    def change(slot: PipelineSlot) -> bool:
+        if slot.last_error == error:
+            return False
+        slot.last_error = error
+        return True
+
+    svc.store.update_slot(pipeline, change)
 
 
 def poll_run(
-    svc: Services, run_id: str, *, actor: str, now: dt.datetime, slot_since: dt.datetime | None = None
+    svc, pipeline: str, run_id: str, *, actor: str, now: dt.datetime, slot_since: dt.datetime | None = None
 ) -> Outcome:
     """One active run: resume what was interrupted, check its job, or hand it off for deployment.
-    ``slot_since`` is when the run got the slot."""
-    run = svc.store.get(svc.settings.pipeline, run_id)
+    ``slot_since`` is when the run got the slot (storage's clock)."""
+    run = svc.store.get(pipeline, run_id)
     if run is None or not run.holds_slot:
-        advance_pipeline(svc, run_id, actor)  # the slot outlived its run: free it
+        advance_pipeline(svc, pipeline, run_id, actor)  # the slot outlived its run: move it on
         return Outcome(run_id, run.status if run else "missing", "advanced")
     if run.status == R.WAITING:
         # Moved into the slot, not yet started: a promotion in flight, or one cut short (then finish it).
         if slot_since is not None and slot_since + LEASE > now:
             return Outcome(run_id, run.status, "in_progress")
-        return promote(svc, run_id, actor, "promoted: resuming an interrupted promotion") or Outcome(
+        return promote(svc, pipeline, run_id, actor, "promoted: resuming an interrupted promotion") or Outcome(
             run_id, run.status, "in_progress"
         )
     if run.status in (R.REQUESTED, R.SUBMITTED):
         if not run.lease_free(now):
             return Outcome(run_id, run.status, "in_progress")
-        resumed = _take_over(svc, run_id, actor, now)  # an interrupted submission: finish it
-        return resumed if isinstance(resumed, Outcome) else _admit_and_submit(svc, resumed, actor)
+        resumed = take_over(svc, pipeline, run_id, actor, now)  # an interrupted submission: finish it
+        return resumed if isinstance(resumed, Outcome) else admit_and_submit(svc, resumed, actor)
     if run.status == R.APPROVED:
         return hand_off(svc, run, actor)
-    return _check_job(svc, run, actor, now)
-
-
-def _check_job(svc: Services, run: Run, actor: str, now: dt.datetime) -> Outcome:
     with telemetry.bind(job_id=run.job_id):
-        return _check_job_bound(svc, run, actor, now)
+        return check_job(svc, run, actor, now)
 
 
-def deadline_of(svc: Services, run: Run) -> dt.datetime:
+def deadline_of(svc, run: Run) -> dt.datetime:
     """When the run's job has had its allowed time (``JOB_TIMEOUT_MINUTES`` from its submission)."""
     return (run.submitted_at or run.created_at) + dt.timedelta(minutes=svc.settings.job_timeout_minutes)
 
 
-def _check_job_bound(svc: Services, run: Run, actor: str, now: dt.datetime) -> Outcome:
+def check_job(svc, run: Run, actor: str, now: dt.datetime) -> Outcome:
+    """Read the run's job state and do what it means (:func:`shared.decisions.job_verdict`)."""
+    state, failure = None, None
     try:
-        status = svc.bes.status(run.job_id)
-    except BesError as exc:
-        if not exc.transient:  # the job is unknown (404), or our key no longer opens it (401/403)
-            return _end(
-                svc, run, actor, R.FAILED, f"BES job {run.job_id} cannot be checked: {exc}", error=exc.as_record()
-            )
-        return _check_failed(svc, run, actor, now, exc.as_record())
-    if status.status in ("NotStarted", "Running"):
-        if now < deadline_of(svc, run):
-            return Outcome(run.run_id, run.status, "running")
-        return _time_out(svc, run, actor, now, f"still {status.status}")
-    if status.status == "Cancelled":
-        return _end(svc, run, actor, R.CANCELLED, f"BES job {run.job_id} was cancelled outside this app")
-    if status.status == "Failed":
-        details = redact(status.details or "no details")[:4000]  # redacted whole, then cut
-        if svc.settings.resubmit_failed_jobs and run.attempts < svc.settings.max_attempts:
-            return _resubmit(svc, run, actor, details)
+        state = svc.trainer(run.pipeline).status(run.job_id)
+    except ServiceError as exc:
+        failure = exc
+    verdict = decisions.job_verdict(
+        state,
+        now=now,
+        deadline=deadline_of(svc, run),
+        check_transient=failure is None or failure.transient,
+        attempts=run.attempts,
+        max_attempts=svc.settings.max_attempts,
+        resubmit=svc.settings.resubmit_failed_jobs,
+    )
+    action = verdict.action
+    if action == decisions.WAIT:
+        return Outcome(run.run_id, run.status, "running")
+    if action == decisions.UNREACHABLE:  # the job is unknown (404), or our key no longer opens it (401/403)
         return _end(
-            svc,
-            run,
-            actor,
-            R.FAILED,
-            f"BES job {run.job_id} failed: {details[:300]}",
-            error={"code": "JobFailed", "message": details},
+            svc, run, actor, R.FAILED, f"job {run.job_id} cannot be checked: {failure}", error=failure.as_record()
         )
-    return _judge(svc, run, actor, status.results or {})
+    if action == decisions.RETRY:
+        return _check_failed(svc, run, actor, now, failure.as_record())
+    if action == decisions.TIME_OUT:
+        if failure is not None:
+            return _check_failed(svc, run, actor, now, failure.as_record())  # counts it, then times out
+        return _time_out(svc, run, actor, now, verdict.why)
+    if action == decisions.ENDED_OUTSIDE:
+        return _end(svc, run, actor, R.CANCELLED, f"job {run.job_id} was cancelled outside this app")
+    if action in (decisions.RESUBMIT, decisions.FAIL):
+        details = redact(state.details or "no details")[:4000]  # redacted whole, then cut
+        if action == decisions.RESUBMIT:
+            return _resubmit(svc, run, actor, details)
+        error = {"code": "JobFailed", "message": details}
+        return _end(svc, run, actor, R.FAILED, f"job {run.job_id} failed: {details[:300]}", error=error)
+    return _judge(svc, run, actor, state)
 
 
-def _check_failed(
-    svc: Services, run: Run, actor: str, now: dt.datetime, error: dict, *, enforce: bool = True
-) -> Outcome:
+def _check_failed(svc, run: Run, actor: str, now: dt.datetime, error: dict, *, enforce: bool = True) -> Outcome:
     """A status check (or judging a finished job) failed for a reason that may pass: count it, keep the
     last error, note it when the error changes — and once the deadline has passed, time the run out."""
 
@@ -151,37 +178,39 @@ def _check_failed(
             return False
         previous = current.last_check_error or {}
         current.check_failures += 1
-        current.last_check_error = {**error, "at": R._iso(now)}
+        current.last_check_error = {**error, "at": R.iso(now)}
         current.updated_at = now
         if previous.get("code") != error.get("code"):
-            current.note(by=actor, reason=f"checking BES job {run.job_id} failed: {error.get('message', '')[:300]}")
+            current.note(by=actor, reason=f"checking job {run.job_id} failed: {error.get('message', '')[:300]}")
         return True
 
     current = svc.store.update(run.pipeline, run.run_id, change) or run
     if enforce and current.status == R.RUNNING and now >= deadline_of(svc, current):
         return _time_out(svc, current, actor, now, f"unchecked ({current.check_failures} failed checks)")
-    log.warning("run %s: checking BES job %s failed, will retry: %s", run.run_id, run.job_id, error.get("message"))
+    log.warning("run %s: checking job %s failed, will retry: %s", run.run_id, run.job_id, error.get("message"))
     return Outcome(run.run_id, current.status, "retry")
 
 
-def _time_out(svc: Services, run: Run, actor: str, now: dt.datetime, state: str) -> Outcome:
+def _time_out(svc, run: Run, actor: str, now: dt.datetime, state: str) -> Outcome:
     """The deadline has passed: cancel the job and end the run. If the cancel fails for a reason that
-    may pass, it is tried again at each tick until the job's SAS have expired (deadline + margin):
-    from then on the job can neither read the data nor write a model, and the run ends regardless."""
+    may pass, it is tried again at each tick until the job can do no more harm (for BES: until its
+    SAS have expired); from then on the run ends regardless."""
     minutes = svc.settings.job_timeout_minutes
+    trainer = svc.trainer(run.pipeline)
     try:
-        svc.bes.cancel(run.job_id)
+        trainer.cancel(run.job_id)
         cancelled = "cancelled"
-    except BesError as exc:
-        if exc.transient and now < deadline_of(svc, run) + SAS_MARGIN:
-            return _check_failed(svc, run, actor, now, {**exc.as_record(), "operation": "BES cancel"}, enforce=False)
-        cancelled = "gone" if exc.http_status == 404 else f"not cancelled ({exc}); its SAS have expired"
+    except ServiceError as exc:
+        grace = trainer.cancel_grace
+        if decisions.retry_cancel(transient=exc.transient, now=now, deadline=deadline_of(svc, run), grace=grace):
+            return _check_failed(svc, run, actor, now, exc.as_record(), enforce=False)
+        cancelled = f"not cancelled ({exc}); its access to the data has expired"
     return _end(
         svc,
         run,
         actor,
         R.TIMED_OUT,
-        f"BES job {run.job_id} {state} after {minutes} minutes: {cancelled}",
+        f"job {run.job_id} {state} after {minutes} minutes: {cancelled}",
         error={
             "code": "JobTimeout",
             "message": f"job was {state} at the deadline",
@@ -190,7 +219,7 @@ def _time_out(svc: Services, run: Run, actor: str, now: dt.datetime, state: str)
     )
 
 
-def _end(svc: Services, run: Run, actor: str, status: str, reason: str, **changes) -> Outcome:
+def _end(svc, run: Run, actor: str, status: str, reason: str, **changes) -> Outcome:
     def change(current: Run) -> bool:
         if current.status != R.RUNNING:
             return False
@@ -205,11 +234,11 @@ def _end(svc: Services, run: Run, actor: str, status: str, reason: str, **change
             pipeline=run.pipeline,
             stage="job",
         )
-        advance_pipeline(svc, run.run_id, actor)
+        advance_pipeline(svc, run.pipeline, run.run_id, actor)
     return Outcome(run.run_id, current.status, status.lower())
 
 
-def _resubmit(svc: Services, run: Run, actor: str, details: str) -> Outcome:
+def _resubmit(svc, run: Run, actor: str, details: str) -> Outcome:
     now = utcnow()
 
     def change(current: Run) -> bool:
@@ -218,7 +247,7 @@ def _resubmit(svc: Services, run: Run, actor: str, details: str) -> Outcome:
         current.transition(
             R.REQUESTED,
             by=actor,
-            reason=f"BES job {run.job_id} failed; resubmitting: {details[:200]}",
+            reason=f"job {run.job_id} failed; resubmitting: {details[:200]}",
             now=now,
             job_id=None,
             error={"code": "JobFailed", "message": details},
@@ -231,86 +260,58 @@ def _resubmit(svc: Services, run: Run, actor: str, details: str) -> Outcome:
     current = svc.store.update(run.pipeline, run.run_id, change)
     if current.status != R.REQUESTED or current.lease_owner != actor:
         return Outcome(run.run_id, current.status, "duplicate")
-    return _submit(svc, current, actor)
+    return submit(svc, current, actor)
 
 
-def _judge(svc: Services, run: Run, actor: str, results: dict) -> Outcome:
-    """The job finished: read its evaluation from our storage, apply the gate per target."""
-    s = svc.settings
-    container, blob = run.outputs["evaluation"].split("/", 1)
-    from azure.core.exceptions import ResourceNotFoundError
-
+def _judge(svc, run: Run, actor: str, state: JobState) -> Outcome:
+    """The job finished: read its evaluation and apply the pipeline's gate against each target's live model."""
+    pipeline = svc.settings.pipeline_named(run.pipeline)
     try:
-        text = svc.storage.blobs.get_blob_client(container, blob).download_blob().readall().decode("utf-8-sig")
-        metrics = gate.parse_evaluation(text)
-        value = gate.metric_value(metrics, s.gate_metric)
-    except ResourceNotFoundError:
-        return _end(
-            svc,
-            run,
-            actor,
-            R.FAILED,
-            f"BES reported Finished but {run.outputs['evaluation']} is missing",
-            error={"code": "EvaluationMissing", "message": run.outputs["evaluation"]},
-        )
-    except (gate.EvaluationError, UnicodeDecodeError) as exc:
-        return _end(
-            svc,
-            run,
-            actor,
-            R.FAILED,
-            f"evaluation cannot be judged: {exc}",
-            error={"code": "EvaluationInvalid", "message": str(exc)},
-        )
-    decisions = {}
-    for target in s.targets:
-        champion = svc.targets.get(target.name).live_metrics or {}
-        live_value = next((v for k, v in champion.items() if k.lower() == s.gate_metric.lower()), None)
-        decisions[target.name] = gate.judge(
-            s.gate_metric, value, champion=live_value, floor=s.gate_min, min_improvement=s.gate_min_improvement
-        ).as_record()
-    returned = {name: ref.get("RelativeLocation") for name, ref in results.items() if isinstance(ref, dict)}
-    if not s.targets:
-        status, reason = R.FINISHED, f"{s.gate_metric} {value:.4f}; no deploy target is configured"
-    elif any(d["approved"] for d in decisions.values()):
-        status = R.APPROVED
-        reason = "; ".join(f"{n}: {d['reason']}" for n, d in decisions.items())
-    else:
-        status = R.REJECTED
-        reason = "; ".join(f"{n}: {d['reason']}" for n, d in decisions.items())
-
+        metrics = svc.trainer(run.pipeline).evaluation(run)
+        value = gate.metric_value(metrics, pipeline.gate.metric)
+    except gate.EvaluationError as exc:
+        error = {"code": exc.code, "message": str(exc)}
+        return _end(svc, run, actor, R.FAILED, f"evaluation cannot be judged: {exc}", error=error)
+    champions = {
+        name: gate.metric(svc.targets.get(name).live_metrics, pipeline.gate.metric)
+        for name in pipeline.targets
+        if svc.settings.target(name) is not None
+    }
+    verdict = gate.decide(pipeline.gate, value, champions)
     judged = []
 
     def change(current: Run) -> bool:
         if current.status != R.RUNNING:
             return False
         # An approved run is claimed by this poll (a lease), so only this poll hands it off.
-        lease = (actor, utcnow() + LEASE) if status == R.APPROVED else (None, None)
+        lease = (actor, utcnow() + LEASE) if verdict.status == R.APPROVED else (None, None)
         current.transition(
-            status,
+            verdict.status,
             by=actor,
-            reason=reason,
+            reason=verdict.reason,
             metrics=metrics,
-            gate=decisions,
+            gate=verdict.decisions,
             error=None,
             lease_owner=lease[0],
             lease_until=lease[1],
         )
-        current.note(by=actor, reason=f"BES results: {json.dumps(returned, sort_keys=True)[:400]}")
+        current.note(
+            by=actor, reason=f"{state.status} job reported: {json.dumps(state.reported, sort_keys=True)[:400]}"
+        )
         judged.append(True)
         return True
 
     current = svc.store.update(run.pipeline, run.run_id, change, held=run)
     if not judged:
         return Outcome(run.run_id, current.status, "duplicate")  # another poll judged it
-    log.info("run %s: %s (%s)", run.run_id, status, reason)
+    log.info("run %s: %s (%s)", run.run_id, verdict.status, verdict.reason)
     telemetry.count("runs.finished", pipeline=run.pipeline)
-    if status == R.REJECTED:
+    if verdict.status == R.REJECTED:
         telemetry.count("runs.rejected", pipeline=run.pipeline)
-    if status == R.APPROVED:
+    if verdict.status == R.APPROVED:
         return hand_off(svc, current, actor)
-    advance_pipeline(svc, run.run_id, actor)
-    return Outcome(run.run_id, status, status.lower())
+    advance_pipeline(svc, run.pipeline, run.run_id, actor)
+    return Outcome(run.run_id, verdict.status, verdict.status.lower())
 
 
 def deploy_command(run: Run) -> dict:
@@ -324,7 +325,7 @@ def deploy_command(run: Run) -> dict:
     }
 
 
-def hand_off(svc: Services, run: Run, actor: str) -> Outcome:
+def hand_off(svc, run: Run, actor: str) -> Outcome:
     """Enqueue the deploy command, then mark the run Deploying and free the training slot.
 
     Only the poll holding the run's lease hands it off, so overlapping polls queue one command. Enqueue
@@ -368,5 +369,5 @@ def hand_off(svc: Services, run: Run, actor: str) -> Outcome:
         return True
 
     current = svc.store.update(run.pipeline, run.run_id, change, held=current)
-    advance_pipeline(svc, run.run_id, actor)
+    advance_pipeline(svc, run.pipeline, run.run_id, actor)
     return Outcome(run.run_id, current.status, "approved")

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,6 +64,19 @@ LEASE = dt.timedelta(minutes=10)
 
 class InvalidTransition(ValueError):
     pass
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one invocation did with a run: for the log line and for tests."""
+
+    run_id: str
+    status: str
+    action: str  # started | waiting | superseded | rejected | failed | duplicate | in_progress | retry | ...
+
+
+class RetryLater(Exception):
+    """A transient failure was recorded on the run; raising lets the trigger deliver again."""
 
 
 def utcnow() -> dt.datetime:
@@ -156,7 +168,7 @@ class Run:
             blob_size=blob.size,
             blob_last_modified=blob.last_modified,
         )
-        run.history.append({"at": _iso(now), "to": REQUESTED, "by": actor, "reason": f"new data from {source}"})
+        run.history.append({"at": iso(now), "to": REQUESTED, "by": actor, "reason": f"new data from {source}"})
         return run
 
     @property
@@ -208,114 +220,14 @@ class Run:
     def _stamp(self, now: dt.datetime) -> str:
         """``now`` for a new history entry, never before the last one: a writer whose clock was read
         before another's save (then retried on the ETag conflict) must not record the past."""
-        stamp = _iso(now)
+        stamp = iso(now)
         last = self.history[-1]["at"] if self.history else ""
         return max(stamp, last)
 
     def lease_free(self, now: dt.datetime) -> bool:
         return lease_lapsed(self.lease_until, self.written_at, LEASE, now)
 
-    # --- Table entity mapping -------------------------------------------------------------------
 
-    def to_entity(self) -> dict[str, Any]:
-        from azure.data.tables import EdmType, EntityProperty
-
-        return {
-            "PartitionKey": self.pipeline,
-            "RowKey": row_key(self.run_id),
-            "run_id": self.run_id,
-            "kind": "run",
-            "status": self.status,
-            "source": self.source,
-            "created_at": self.created_at,
-            "updated_at": self.updated_at,
-            "blob_container": self.blob_container,
-            "blob_name": self.blob_name,
-            "blob_etag": self.blob_etag,
-            "blob_size": EntityProperty(self.blob_size, EdmType.INT64),
-            "blob_last_modified": self.blob_last_modified,
-            "job_id": self.job_id,
-            "attempts": self.attempts,
-            "check_failures": self.check_failures,
-            "last_check_error": json.dumps(self.last_check_error) if self.last_check_error else None,
-            "lease_owner": self.lease_owner,
-            "lease_until": self.lease_until,
-            "ended_at": self.ended_at,
-            "superseded_by": self.superseded_by,
-            "submitted_at": self.submitted_at,
-            "error": json.dumps(self.error) if self.error else None,
-            "outputs": json.dumps(self.outputs),
-            "metrics": json.dumps(self.metrics),
-            "gate": json.dumps(self.gate),
-            "targets": json.dumps(self.targets),
-            "history": _history_json(self.history),
-            "recorded_at": self.recorded_at,
-        }
-
-    @classmethod
-    def from_entity(cls, entity: Any) -> Run:
-        def get(name: str, default: Any = None) -> Any:
-            value = entity.get(name, default)
-            return getattr(value, "value", value) if value is not None else default
-
-        metadata = getattr(entity, "metadata", None) or {}
-
-        return cls(
-            pipeline=entity["PartitionKey"],
-            run_id=entity.get("run_id") or entity["RowKey"].split("-", 1)[1],
-            status=get("status"),
-            source=get("source", ""),
-            created_at=_dt(get("created_at")),
-            updated_at=_dt(get("updated_at")),
-            blob_container=get("blob_container", ""),
-            blob_name=get("blob_name", ""),
-            blob_etag=get("blob_etag", ""),
-            blob_size=int(get("blob_size", 0)),
-            blob_last_modified=_dt(get("blob_last_modified")),
-            job_id=get("job_id"),
-            attempts=int(get("attempts", 0)),
-            check_failures=int(get("check_failures", 0)),
-            last_check_error=json.loads(get("last_check_error")) if get("last_check_error") else None,
-            lease_owner=get("lease_owner"),
-            lease_until=_dt(get("lease_until")),
-            ended_at=_dt(get("ended_at")),
-            superseded_by=get("superseded_by"),
-            submitted_at=_dt(get("submitted_at")),
-            error=json.loads(get("error")) if get("error") else None,
-            outputs=json.loads(get("outputs") or "{}"),
-            metrics=json.loads(get("metrics") or "{}"),
-            gate=json.loads(get("gate") or "{}"),
-            targets=json.loads(get("targets") or "{}"),
-            history=json.loads(get("history") or "[]"),
-            # Never saved since its insert: the entity's Timestamp is when storage recorded it.
-            recorded_at=_dt(get("recorded_at")) or _dt(metadata.get("timestamp")),
-            etag=metadata.get("etag"),
-            written_at=_dt(metadata.get("timestamp")),
-        )
-
-
-def _iso(value: dt.datetime) -> str:
+def iso(value: dt.datetime) -> str:
+    """A UTC timestamp as recorded in histories: ISO 8601, milliseconds, ``Z``."""
     return value.astimezone(dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _dt(value: Any) -> dt.datetime | None:
-    if value is None:
-        return None
-    if isinstance(value, dt.datetime):
-        return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
-    return dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-
-
-def _history_json(history: list[dict[str, Any]]) -> str:
-    """Serialise the history; if it outgrows a Table string, keep the first and latest entries."""
-    text = json.dumps(history, separators=(",", ":"))
-    if len(text) <= HISTORY_LIMIT_CHARS:
-        return text
-    head, tail = history[:1], list(history[1:])
-    while tail:
-        tail.pop(0)
-        marker = {"event": f"{len(history) - 1 - len(tail)} older entries dropped (size limit)"}
-        text = json.dumps([*head, marker, *tail], separators=(",", ":"))
-        if len(text) <= HISTORY_LIMIT_CHARS:
-            return text
-    return json.dumps(head, separators=(",", ":"))

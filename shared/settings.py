@@ -13,7 +13,10 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
+
+from shared.gate import Gate
 
 AZURITE_CONNECTION_STRING = (
     "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
@@ -27,41 +30,25 @@ AZURITE_CONNECTION_STRING = (
 _CONTAINER_RE = re.compile(r"^(?=.{3,63}$)[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9]))*$")
 _TABLE_RE = re.compile(r"^[A-Za-z][A-Za-z0-9]{2,62}$")
 _PIPELINE_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+_PIPELINES_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")  # a pipeline of PIPELINES: a partition key
 _BLOB_SOURCES = ("EventGrid", "LogsAndContainerScan")
 _QUEUE_RE = re.compile(r"^(?=.{3,56}$)[a-z0-9](?:[a-z0-9]|-(?=[a-z0-9]))*$")  # 56: the -poison twin must fit
 _TARGET_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
-_CLASSIC_ENDPOINT_RE = re.compile(r"^/workspaces/[^/]+/webservices/[^/]+/endpoints/[^/]+$", re.IGNORECASE)
-_ARM_ID_RE = re.compile(
-    r"^/subscriptions/[^/]+/resourceGroups/[^/]+/providers/Microsoft\.MachineLearning/webServices/[^/]+$",
-    re.IGNORECASE,
-)
-ARM_API_VERSIONS = ("2017-01-01", "2016-05-01-preview")
+_PREFIX_BAD = re.compile(r"(^/|\\|(^|/)\.\.?(/|$)|[\x00-\x1f\x7f])")
+
+Target = Any  # a target kind's configuration, e.g. shared.classic.ClassicTarget (see shared/kinds.py)
 
 
 @dataclass(frozen=True)
-class ClassicTarget:
-    """A classic web service's (non-default) endpoint, updated by PATCHing its trained-model resource."""
+class Pipeline:
+    """One model's retraining: the uploads it owns (by blob prefix), its trainer, its gate, its targets."""
 
     name: str
-    endpoint_url: str
-    api_key: str = field(repr=False)
-    resource_name: str
-    kind: str = "classic"
-
-
-@dataclass(frozen=True)
-class ArmTarget:
-    """A New (ARM) web service, updated by rewriting its trained-model asset in the definition."""
-
-    name: str
-    resource_id: str
-    asset_name: str | None = None
-    management_url: str = "https://management.azure.com"
-    api_version: str = "2017-01-01"
-    kind: str = "arm"
-
-
-Target = ClassicTarget | ArmTarget
+    blob_prefix: str
+    trainer: Any  # a trainer kind's configuration, e.g. shared.bes.BesConfig
+    targets: tuple[str, ...] = ()
+    gate: Gate = field(default_factory=Gate)
+    schedule: str | None = None
 
 
 @dataclass(frozen=True)
@@ -82,13 +69,64 @@ class SettingsError(ValueError):
         self.setting = name
 
 
+def fail(what: str, problem: str) -> SettingsError:
+    """The error for ``what`` — a setting's name, then where in it (``DEPLOY_TARGETS target 'x' api_key``)."""
+    setting, _, where = what.partition(" ")
+    return SettingsError(setting, f"{where}: {problem}" if where else problem)
+
+
+@dataclass(frozen=True)
+class ParseContext:
+    """What a kind's ``parse_config`` may use: the app settings (to resolve ``api_key_setting``), the
+    allowed hosts, and the flat settings' values as defaults."""
+
+    env: Mapping[str, str]
+    extra_hosts: tuple[str, ...] = ()
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+
+    def url(self, raw: object, what: str, kind: str) -> str:
+        if not isinstance(raw, str):
+            raise fail(what, "must be a URL string")
+        return https_url(raw, what, kind, self.extra_hosts)
+
+    def text(self, fields: Mapping[str, Any], name: str, what: str, default: str | None = None) -> str | None:
+        """Field ``name`` as a string (``default`` if absent); any other type names the field."""
+        value = fields.get(name, default)
+        if value is not None and not isinstance(value, str):
+            raise fail(f"{what} {name}", f"must be a string, not {type(value).__name__}")
+        return value
+
+    def secret(self, fields: Mapping[str, Any], what: str) -> str:
+        """A key given inline (``api_key``) or, better, by naming another app setting (``api_key_setting``)
+        that may be a Key Vault reference of its own."""
+        key = self.text(fields, "api_key", what)
+        setting = self.text(fields, "api_key_setting", what)
+        if setting is not None:
+            key = (self.env.get(setting) or "").strip()
+            if not key:
+                raise SettingsError(setting, f"is required by {what} but not set")
+        if not key:
+            raise fail(what, "needs api_key or api_key_setting")
+        if key.startswith("@Microsoft.KeyVault("):
+            raise fail(what, "the API key is an unresolved Key Vault reference")
+        return key
+
+
+def check_fields(fields: Mapping[str, Any], what: str, allowed: set[str], required: set[str]) -> None:
+    unknown, missing = set(fields) - allowed, required - set(fields)
+    if unknown:
+        raise fail(what, f"has unknown field(s) {', '.join(sorted(unknown))}")
+    if missing:
+        raise fail(what, f"is missing {', '.join(sorted(missing))}")
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the app is configured with. Build with :meth:`from_env`."""
 
     storage_connection: str | None = field(repr=False)
-    bes_jobs_url: str
-    bes_api_key: str = field(repr=False)
+    bes_jobs_url: str | None = None  # the flat pipeline's trainer (with PIPELINES: the default of none)
+    bes_api_key: str | None = field(default=None, repr=False)
     training_container: str = "training-data"
     models_container: str = "models"
     bes_input_name: str = "input1"
@@ -117,9 +155,22 @@ class Settings:
     retrain_always: bool = False
     debounce_seconds: int = 0
     extra_allowed_hosts: tuple[str, ...] = ()
+    pipelines: tuple[Pipeline, ...] = ()
+    poll_concurrency: int = 16
 
     def target(self, name: str) -> Target | None:
         return next((t for t in self.targets if t.name == name), None)
+
+    def pipeline_named(self, name: str | None) -> Pipeline | None:
+        return next((p for p in self.pipelines if p.name == name), None)
+
+    def route(self, blob_name: str) -> Pipeline | None:
+        """The pipeline an upload belongs to: the longest ``blob_prefix`` it starts with (``""`` catches all)."""
+        owners = [p for p in self.pipelines if blob_name.startswith(p.blob_prefix)]
+        return max(owners, key=lambda p: len(p.blob_prefix), default=None)
+
+    def pipeline_of_target(self, name: str) -> Pipeline | None:
+        return next((p for p in self.pipelines if name in p.targets), None)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -214,9 +265,14 @@ class Settings:
         if not _TABLE_RE.fullmatch(runs_table) or runs_table.lower() == "tables":
             raise SettingsError("RUNS_TABLE", f"{runs_table!r} is not a valid table name (3-63 letters/digits)")
 
+        configured = (env.get("PIPELINES") or "").strip()
         pipeline = get("PIPELINE_NAME", "default")
         if not _PIPELINE_RE.fullmatch(pipeline):
             raise SettingsError("PIPELINE_NAME", f"{pipeline!r} must be lowercase letters, digits and hyphens")
+        if configured:
+            for flat in ("PIPELINE_NAME", "RETRAIN_SCHEDULE"):
+                if (env.get(flat) or "").strip():
+                    raise SettingsError(flat, "is for the single pipeline; with PIPELINES, set it on each pipeline")
 
         source = get("TRAINING_BLOB_SOURCE", "EventGrid")
         if source not in _BLOB_SOURCES:
@@ -250,19 +306,44 @@ class Settings:
         if outputs["BES_MODEL_OUTPUT"] == outputs["BES_EVALUATION_OUTPUT"]:
             raise SettingsError("BES_EVALUATION_OUTPUT", "must differ from BES_MODEL_OUTPUT")
 
+        # With PIPELINES, each pipeline names its own training service: the flat one is optional.
+        flat_url = get("BES_JOBS_URL", "" if configured else None)
+        flat_key = get("BES_API_KEY", "" if configured else None)
+        targets = parse_targets(get("DEPLOY_TARGETS", "[]"), env, extra)
+        gate = Gate(
+            get("GATE_METRIC", "AUC"),
+            number("GATE_MIN", None, -1e9, 1e9),
+            number("GATE_MIN_IMPROVEMENT", 0.0, -1e9, 1e9),
+        )
+        bes_defaults = {
+            "input_name": output_name("BES_INPUT_NAME", "input1"),
+            "model_output": outputs["BES_MODEL_OUTPUT"],
+            "evaluation_output": outputs["BES_EVALUATION_OUTPUT"],
+            "global_parameters": params,
+        }
+        context = ParseContext(env, extra, {"bes": bes_defaults, "gate": gate})
+        if configured:
+            pipelines = parse_pipelines(configured, targets, context)
+        else:
+            from shared.bes import BesConfig
+
+            trainer = BesConfig(jobs_url(flat_url, extra=extra), flat_key, **bes_defaults)
+            schedule = retrain_schedule(env, strict=True)
+            pipelines = (Pipeline(pipeline, "", trainer, tuple(t.name for t in targets), gate, schedule),)
+
         settings = cls(
             storage_connection=storage,
             storage_identity=identity,
-            bes_jobs_url=jobs_url(get("BES_JOBS_URL"), extra=extra),
-            bes_api_key=get("BES_API_KEY"),
+            bes_jobs_url=jobs_url(flat_url, extra=extra) if flat_url else None,
+            bes_api_key=flat_key or None,
             training_container=training,
             models_container=models,
-            bes_input_name=output_name("BES_INPUT_NAME", "input1"),
+            bes_input_name=bes_defaults["input_name"],
             bes_model_output=outputs["BES_MODEL_OUTPUT"],
             bes_evaluation_output=outputs["BES_EVALUATION_OUTPUT"],
             bes_global_parameters=params,
             runs_table=runs_table,
-            pipeline=pipeline,
+            pipeline=pipelines[0].name,
             job_timeout_minutes=integer("JOB_TIMEOUT_MINUTES", 120, 1, 7 * 24 * 60),
             max_attempts=integer("MAX_ATTEMPTS", 3, 1, 20),
             http_timeout_seconds=http_timeout,
@@ -270,16 +351,18 @@ class Settings:
             training_blob_source=source,
             poll_schedule=schedule,
             resubmit_failed_jobs=flag("RESUBMIT_FAILED_JOBS", False),
-            gate_metric=get("GATE_METRIC", "AUC"),
-            gate_min=number("GATE_MIN", None, -1e9, 1e9),
-            gate_min_improvement=number("GATE_MIN_IMPROVEMENT", 0.0, -1e9, 1e9),
-            targets=parse_targets(get("DEPLOY_TARGETS", "[]"), env, extra),
+            gate_metric=gate.metric,
+            gate_min=gate.min,
+            gate_min_improvement=gate.min_improvement,
+            targets=targets,
             extra_allowed_hosts=extra,
+            pipelines=pipelines,
+            poll_concurrency=integer("POLL_CONCURRENCY", 16, 1, 64),
             commands_queue=queue,
             deploy_sas_days=integer("DEPLOY_SAS_DAYS", 365, 1, 3650),
             arm_poll_seconds=number("ARM_POLL_SECONDS", 5.0, 0.05, 60),
             arm_timeout_seconds=number("ARM_TIMEOUT_SECONDS", 600.0, 1, 3600),
-            retrain_schedule=retrain_schedule(env, strict=True),
+            retrain_schedule=pipelines[0].schedule if not configured else None,
             retrain_always=flag("RETRAIN_ALWAYS", False),
             debounce_seconds=integer("DEBOUNCE_SECONDS", 0, 0, 24 * 3600),
         )
@@ -301,7 +384,7 @@ def hold_secrets(settings: Settings, env: Mapping[str, str]) -> None:
         account_key = next(
             (p.split("=", 1)[1] for p in settings.storage_connection.split(";") if p.startswith("AccountKey=")), None
         )
-    keys = [t.api_key for t in settings.targets if isinstance(t, ClassicTarget)]
+    keys = [getattr(t, "api_key", None) for t in (*settings.targets, *(p.trainer for p in settings.pipelines))]
     hold(settings.bes_api_key, account_key, settings.storage_connection, *keys, *(env.get(n) for n in PLATFORM_SECRETS))
 
 
@@ -325,17 +408,15 @@ def storage_identity(env: Mapping[str, str], extra: tuple[str, ...] = ()) -> Sto
             "connection needs all three service URIs (or __accountName)",
         )
     for kind, uri in uris.items():
-        _https_url(uri, f"{prefix}{kind}ServiceUri", "storage", extra)
+        https_url(uri, f"{prefix}{kind}ServiceUri", "storage", extra)
     client_id = (env.get(prefix + "clientId") or "").strip() or None
     return StorageIdentity(uris["blob"].rstrip("/"), uris["queue"].rstrip("/"), uris["table"].rstrip("/"), client_id)
 
 
 def parse_targets(raw: str, env: Mapping[str, str], extra: tuple[str, ...] = ()) -> tuple[Target, ...]:
-    """Parse ``DEPLOY_TARGETS``: a JSON list of named classic or ARM targets, strictly.
+    """Parse ``DEPLOY_TARGETS``: a JSON list of named targets, each parsed strictly by its kind's module."""
+    from shared import kinds
 
-    A classic target's key may be given inline (``api_key``) or, better, by naming another app setting
-    (``api_key_setting``) so it can be a Key Vault reference of its own.
-    """
     name = "DEPLOY_TARGETS"
     try:
         items = json.loads(raw)
@@ -343,6 +424,7 @@ def parse_targets(raw: str, env: Mapping[str, str], extra: tuple[str, ...] = ())
         raise SettingsError(name, f"is not valid JSON ({exc.msg})") from None
     if not isinstance(items, list):
         raise SettingsError(name, "must be a JSON list of targets")
+    context = ParseContext(env, extra)
     targets: list[Target] = []
     for index, item in enumerate(items):
         where = f"target #{index + 1}"
@@ -355,61 +437,89 @@ def parse_targets(raw: str, env: Mapping[str, str], extra: tuple[str, ...] = ())
         if any(t.name == target_name for t in targets):
             raise SettingsError(name, f"{where} is named twice")
         kind = item.get("kind")
+        if kind not in kinds.TARGETS:
+            raise SettingsError(name, f"{where} has unknown kind {kind!r} (expected one of {', '.join(kinds.TARGETS)})")
         fields = {k: v for k, v in item.items() if k not in ("name", "kind")}
-        if not all(isinstance(v, str) for v in fields.values()):
-            raise SettingsError(name, f"{where}: every field must be a string")
-        if kind == "classic":
-            allowed, required = (
-                {"endpoint_url", "api_key", "api_key_setting", "resource_name"},
-                {"endpoint_url", "resource_name"},
-            )
-        elif kind == "arm":
-            allowed, required = {"resource_id", "asset_name", "management_url", "api_version"}, {"resource_id"}
-        else:
-            raise SettingsError(name, f"{where} has unknown kind {kind!r} (expected 'classic' or 'arm')")
-        unknown, missing = set(fields) - allowed, required - set(fields)
-        if unknown:
-            raise SettingsError(name, f"{where} has unknown field(s) {', '.join(sorted(unknown))}")
-        if missing:
-            raise SettingsError(name, f"{where} is missing {', '.join(sorted(missing))}")
-        if kind == "classic":
-            url = _https_url(fields["endpoint_url"], f"{name} {where} endpoint_url", "classic", extra)
-            if not _CLASSIC_ENDPOINT_RE.fullmatch(urlsplit(url).path):
-                raise SettingsError(
-                    name,
-                    f"{where}: endpoint_url must be .../workspaces/<ws>/webservices/<id>/endpoints/<endpoint name>",
-                )
-            key = fields.get("api_key")
-            if "api_key_setting" in fields:
-                key = (env.get(fields["api_key_setting"]) or "").strip()
-                if not key:
-                    raise SettingsError(fields["api_key_setting"], f"is required by {name} {where} but not set")
-            if not key:
-                raise SettingsError(name, f"{where} needs api_key or api_key_setting")
-            if key.startswith("@Microsoft.KeyVault("):
-                raise SettingsError(name, f"{where}: the API key is an unresolved Key Vault reference")
-            targets.append(ClassicTarget(target_name, url, key, fields["resource_name"]))
-        else:
-            if not _ARM_ID_RE.fullmatch(fields["resource_id"]):
-                raise SettingsError(
-                    name,
-                    f"{where}: resource_id must be /subscriptions/<id>/resourceGroups/<rg>/"
-                    "providers/Microsoft.MachineLearning/webServices/<name>",
-                )
-            version = fields.get("api_version", "2017-01-01")
-            if version not in ARM_API_VERSIONS:
-                raise SettingsError(name, f"{where}: api_version must be one of {', '.join(ARM_API_VERSIONS)}")
-            management = _https_url(
-                fields.get("management_url", "https://management.azure.com"),
-                f"{name} {where} management_url",
-                "arm",
-                extra,
-            ).rstrip("/")
-            targets.append(ArmTarget(target_name, fields["resource_id"], fields.get("asset_name"), management, version))
+        targets.append(kinds.target_module(kind).parse_config(target_name, fields, f"{name} {where}", context))
     return tuple(targets)
 
 
-def _https_url(raw: str, what: str, kind: str, extra: tuple[str, ...] = ()) -> str:
+def parse_pipelines(raw: str, targets: tuple[Target, ...], context: ParseContext) -> tuple[Pipeline, ...]:
+    """Parse ``PIPELINES``: a JSON list of pipelines, strictly; every problem names the pipeline and field."""
+    from shared import kinds
+
+    name = "PIPELINES"
+    try:
+        items = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise SettingsError(name, f"is not valid JSON ({exc.msg})") from None
+    if not isinstance(items, list) or not items:
+        raise SettingsError(name, "must be a non-empty JSON list of pipelines")
+    known = {t.name for t in targets}
+    pipelines: list[Pipeline] = []
+    for index, item in enumerate(items):
+        where = f"pipeline #{index + 1}"
+        if not isinstance(item, dict):
+            raise SettingsError(name, f"{where} is not an object")
+        pipeline_name = item.get("name")
+        if not isinstance(pipeline_name, str) or not _PIPELINES_NAME_RE.fullmatch(pipeline_name):
+            raise SettingsError(name, f"{where} needs a name of 1-40 lowercase letters, digits and hyphens")
+        what = f"{name} pipeline {pipeline_name!r}"
+        if any(p.name == pipeline_name for p in pipelines):
+            raise fail(what, "is named twice")
+        check_fields(item, what, {"name", "blob_prefix", "trainer", "targets", "gate", "schedule"}, {"name", "trainer"})
+        prefix = context.text(item, "blob_prefix", what, "")
+        if len(prefix) > 512 or _PREFIX_BAD.search(prefix):
+            raise fail(
+                f"{what} blob_prefix",
+                f"{prefix!r} is not a blob name prefix (no leading '/', '.' segments, control characters)",
+            )
+        clash = next((p.name for p in pipelines if p.blob_prefix == prefix), None)
+        if clash:
+            raise fail(f"{what} blob_prefix", f"{prefix!r} is also pipeline {clash!r}'s: an upload must have one owner")
+        trainer = item.get("trainer")
+        if not isinstance(trainer, dict) or trainer.get("kind") not in kinds.TRAINERS:
+            raise fail(f"{what} trainer", f"must be an object whose kind is one of {', '.join(kinds.TRAINERS)}")
+        module = kinds.trainer_module(trainer["kind"])
+        config = module.parse_config({k: v for k, v in trainer.items() if k != "kind"}, f"{what} trainer", context)
+        owned = item.get("targets", [])
+        if not isinstance(owned, list) or not all(isinstance(t, str) for t in owned) or len(set(owned)) != len(owned):
+            raise fail(f"{what} targets", "must be a list of distinct target names")
+        for target in owned:
+            if target not in known:
+                raise fail(f"{what} targets", f"{target!r} is not a target of DEPLOY_TARGETS")
+            owner = next((p.name for p in pipelines if target in p.targets), None)
+            if owner:
+                raise fail(f"{what} targets", f"{target!r} is pipeline {owner!r}'s already: a target serves one model")
+        gate = _gate(item.get("gate"), f"{what} gate", context.defaults["gate"])
+        schedule = item.get("schedule")
+        if schedule is not None:
+            if not isinstance(schedule, str):
+                raise fail(f"{what} schedule", "must be an NCRONTAB string")
+            schedule = ncrontab(f"{what} schedule", schedule)
+        pipelines.append(Pipeline(pipeline_name, prefix, config, tuple(owned), gate, schedule))
+    return tuple(pipelines)
+
+
+def _gate(raw: object, what: str, default: Gate) -> Gate:
+    if raw is None:
+        return default
+    if not isinstance(raw, dict):
+        raise fail(what, "must be an object with metric, min, min_improvement")
+    check_fields(raw, what, {"metric", "min", "min_improvement"}, set())
+    metric = raw.get("metric", default.metric)
+    if not isinstance(metric, str) or not metric.strip():
+        raise fail(f"{what} metric", "must be the name of an evaluation column")
+    numbers = {}
+    for key in ("min", "min_improvement"):
+        value = raw.get(key, getattr(default, key))
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise fail(f"{what} {key}", f"must be a number, not {type(value).__name__}")
+        numbers[key] = None if value is None else float(value)
+    return Gate(metric.strip(), numbers["min"], numbers["min_improvement"] or 0.0)
+
+
+def https_url(raw: str, what: str, kind: str, extra: tuple[str, ...] = ()) -> str:
     """``raw`` if it is an https URL (http only on loopback) whose host may receive ``kind`` credentials
     (``shared/hosts.py``); the error names the setting, ``what``'s first word."""
     from shared import hosts
@@ -434,13 +544,14 @@ def jobs_url(raw: str, name: str = "BES_JOBS_URL", extra: tuple[str, ...] = ()) 
     """Normalise a BES ``.../jobs`` URL (ADF accepts it with or without ``?api-version=2.0``).
 
     Only a classic runtime host (or loopback: the local emulator) gets the API key, over https.
+    ``name`` is the setting (and where in it) that the errors name.
     """
-    parts = urlsplit(_https_url(raw, name, "bes", extra))
+    parts = urlsplit(https_url(raw, name, "bes", extra))
     path = parts.path.rstrip("/")
     if not path.endswith("/jobs"):
-        raise SettingsError(name, "must be the training web service's .../jobs URL")
+        raise fail(name, "must be the training web service's .../jobs URL")
     if parts.query and parts.query != "api-version=2.0":
-        raise SettingsError(name, f"unexpected query {parts.query!r} (only api-version=2.0 is allowed)")
+        raise fail(name, f"unexpected query {parts.query!r} (only api-version=2.0 is allowed)")
     return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
 
 
@@ -451,7 +562,7 @@ def ncrontab(name: str, value: str) -> str:
     """Check an NCRONTAB expression's shape: six fields, seconds first (the host parses the rest)."""
     fields = value.split()
     if len(fields) != 6 or not all(_NCRONTAB_FIELD.fullmatch(f) for f in fields):
-        raise SettingsError(
+        raise fail(
             name, f"{value!r} is not an NCRONTAB expression with six fields (seconds first, e.g. '0 */5 * * * *')"
         )
     return " ".join(fields)
@@ -473,6 +584,31 @@ def retrain_schedule(env: Mapping[str, str] | None = None, *, strict: bool = Fal
         if strict:
             raise
         return None
+
+
+def schedules(env: Mapping[str, str] | None = None) -> list[tuple[str, str | None, str]]:
+    """The retraining timers to register: ``(function name, pipeline, NCRONTAB)`` — ``retrain_on_schedule``
+    for the flat ``RETRAIN_SCHEDULE``, ``retrain_on_schedule_<pipeline>`` for each pipeline with a
+    ``schedule``. Read at indexing time, leniently: a bad value is reported by the first invocation's
+    validation, never by an import error (the host would index no function at all)."""
+    env = os.environ if env is None else env
+    raw = (env.get("PIPELINES") or "").strip()
+    if not raw:
+        flat = retrain_schedule(env)
+        return [("retrain_on_schedule", None, flat)] if flat else []
+    try:
+        items = json.loads(raw)
+    except ValueError:
+        return []
+    found = []
+    for item in items if isinstance(items, list) else []:
+        name, schedule = (item.get("name"), item.get("schedule")) if isinstance(item, dict) else (None, None)
+        if isinstance(name, str) and _PIPELINES_NAME_RE.fullmatch(name) and isinstance(schedule, str):
+            try:
+                found.append((f"retrain_on_schedule_{name.replace('-', '_')}", name, ncrontab("PIPELINES", schedule)))
+            except SettingsError:
+                continue
+    return found
 
 
 def blob_trigger_source(env: Mapping[str, str] | None = None) -> str:

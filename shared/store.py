@@ -13,21 +13,143 @@ import base64
 import contextlib
 import copy
 import datetime as dt
+import hashlib
 import json
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any, NamedTuple, TypeVar
 
 from azure.core import MatchConditions
 from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
-from azure.data.tables import EntityProperty, TableClient, TableServiceClient, UpdateMode
+from azure.data.tables import EdmType, EntityProperty, TableClient, TableServiceClient, UpdateMode
 
 from shared.redact import redact
-from shared.runs import Run, lease_lapsed, row_key, utcnow
+from shared.runs import HISTORY_LIMIT_CHARS, Run, lease_lapsed, row_key, utcnow
 
 PIPELINES_PARTITION = "_pipelines"
+UNROUTED_PARTITION = "_unrouted"
 # A bounded number of optimistic-concurrency retries; past it, something is hot-looping.
 MAX_CONFLICT_RETRIES = 20
+T = TypeVar("T")
+
+
+def retry_on_conflict(attempt: Callable[[], T], what: str) -> T:
+    """``attempt()`` — read, decide, write ETag-conditionally — again until no one else wrote in between.
+
+    The one retry loop of every optimistic update: ``attempt`` raises :class:`StaleError` when its
+    conditional write met a newer version, and is then run again on a fresh read.
+    """
+    for _ in range(MAX_CONFLICT_RETRIES):
+        try:
+            return attempt()
+        except StaleError:
+            continue
+    raise StaleError(f"{what}: gave up after {MAX_CONFLICT_RETRIES} conflicting updates")
+
+
+# --- runs as Table entities ---------------------------------------------------------------------------
+
+
+def run_entity(run: Run) -> dict[str, Any]:
+    """A run as one entity (``PartitionKey`` = pipeline, ``RowKey`` = :func:`row_key` of its id)."""
+    return {
+        "PartitionKey": run.pipeline,
+        "RowKey": row_key(run.run_id),
+        "run_id": run.run_id,
+        "kind": "run",
+        "status": run.status,
+        "source": run.source,
+        "created_at": run.created_at,
+        "updated_at": run.updated_at,
+        "blob_container": run.blob_container,
+        "blob_name": run.blob_name,
+        "blob_etag": run.blob_etag,
+        "blob_size": EntityProperty(run.blob_size, EdmType.INT64),
+        "blob_last_modified": run.blob_last_modified,
+        "job_id": run.job_id,
+        "attempts": run.attempts,
+        "check_failures": run.check_failures,
+        "last_check_error": json.dumps(run.last_check_error) if run.last_check_error else None,
+        "lease_owner": run.lease_owner,
+        "lease_until": run.lease_until,
+        "ended_at": run.ended_at,
+        "superseded_by": run.superseded_by,
+        "submitted_at": run.submitted_at,
+        "error": json.dumps(run.error) if run.error else None,
+        "outputs": json.dumps(run.outputs),
+        "metrics": json.dumps(run.metrics),
+        "gate": json.dumps(run.gate),
+        "targets": json.dumps(run.targets),
+        "history": _history_json(run.history),
+        "recorded_at": run.recorded_at,
+    }
+
+
+def run_from_entity(entity: Any) -> Run:
+    def get(name: str, default: Any = None) -> Any:
+        value = entity.get(name, default)
+        return getattr(value, "value", value) if value is not None else default
+
+    def loaded(name: str, default: Any) -> Any:
+        return json.loads(get(name)) if get(name) else default
+
+    metadata = getattr(entity, "metadata", None) or {}
+    return Run(
+        pipeline=entity["PartitionKey"],
+        run_id=entity.get("run_id") or entity["RowKey"].split("-", 1)[1],
+        status=get("status"),
+        source=get("source", ""),
+        created_at=_dt(get("created_at")),
+        updated_at=_dt(get("updated_at")),
+        blob_container=get("blob_container", ""),
+        blob_name=get("blob_name", ""),
+        blob_etag=get("blob_etag", ""),
+        blob_size=int(get("blob_size", 0)),
+        blob_last_modified=_dt(get("blob_last_modified")),
+        job_id=get("job_id"),
+        attempts=int(get("attempts", 0)),
+        check_failures=int(get("check_failures", 0)),
+        last_check_error=loaded("last_check_error", None),
+        lease_owner=get("lease_owner"),
+        lease_until=_dt(get("lease_until")),
+        ended_at=_dt(get("ended_at")),
+        superseded_by=get("superseded_by"),
+        submitted_at=_dt(get("submitted_at")),
+        error=loaded("error", None),
+        outputs=loaded("outputs", {}),
+        metrics=loaded("metrics", {}),
+        gate=loaded("gate", {}),
+        targets=loaded("targets", {}),
+        history=loaded("history", []),
+        # Never saved since its insert: the entity's Timestamp is when storage recorded it.
+        recorded_at=_dt(get("recorded_at")) or _dt(metadata.get("timestamp")),
+        etag=metadata.get("etag"),
+        written_at=_dt(metadata.get("timestamp")),
+    )
+
+
+def _dt(value: Any) -> dt.datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, dt.datetime):
+        return value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc)
+    return dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+
+
+def _history_json(history: list[dict[str, Any]]) -> str:
+    """Serialise the history; if it outgrows a Table string, keep the first and latest entries."""
+    text = json.dumps(history, separators=(",", ":"))
+    if len(text) <= HISTORY_LIMIT_CHARS:
+        return text
+    head, tail = history[:1], list(history[1:])
+    while tail:
+        tail.pop(0)
+        marker = {"event": f"{len(history) - 1 - len(tail)} older entries dropped (size limit)"}
+        text = json.dumps([*head, marker, *tail], separators=(",", ":"))
+        if len(text) <= HISTORY_LIMIT_CHARS:
+            return text
+    return json.dumps(head, separators=(",", ":"))
 
 
 def server_time(meta: dict) -> dt.datetime | None:
@@ -95,6 +217,7 @@ class PipelineSlot:
     waiting_run: str | None = None
     waiting_key: str | None = None  # the waiting run's order key, so newer/older needs no extra read
     updated_at: dt.datetime | None = None
+    last_error: dict | None = None  # the last poll of this pipeline that failed, until one succeeds
     etag: str | None = None
 
 
@@ -145,7 +268,7 @@ class RunStore:
 
     def create(self, run: Run) -> Run:
         try:
-            meta = self.table.create_entity(run.to_entity())
+            meta = self.table.create_entity(run_entity(run))
         except ResourceExistsError:
             raise RunExists(run.run_id) from None
         run.etag = meta["etag"]
@@ -154,7 +277,7 @@ class RunStore:
 
     def get(self, pipeline: str, run_id: str) -> Run | None:
         try:
-            return Run.from_entity(self.table.get_entity(pipeline, row_key(run_id)))
+            return run_from_entity(self.table.get_entity(pipeline, row_key(run_id)))
         except (ResourceNotFoundError, ValueError):  # ValueError: not a run id at all
             return None
 
@@ -164,7 +287,7 @@ class RunStore:
             raise ValueError("save() needs a run that was read or created (no ETag)")
         try:
             meta = self.table.update_entity(
-                run.to_entity(), mode=UpdateMode.REPLACE, etag=run.etag, match_condition=MatchConditions.IfNotModified
+                run_entity(run), mode=UpdateMode.REPLACE, etag=run.etag, match_condition=MatchConditions.IfNotModified
             )
         except (ResourceModifiedError, ResourceNotFoundError):
             raise StaleError(run.run_id) from None
@@ -183,21 +306,18 @@ class RunStore:
             if change(attempt):
                 with contextlib.suppress(StaleError):
                     return self.save(attempt)
-        for _ in range(MAX_CONFLICT_RETRIES):
+
+        def attempt() -> Run | None:
             run = self.get(pipeline, run_id)
-            if run is None or not change(run):
-                return run
-            try:
-                return self.save(run)
-            except StaleError:
-                continue
-        raise StaleError(f"{run_id}: gave up after {MAX_CONFLICT_RETRIES} conflicting updates")
+            return run if run is None or not change(run) else self.save(run)
+
+        return retry_on_conflict(attempt, run_id)
 
     def list_runs(self, pipeline: str) -> Iterator[Run]:
         """Every run of ``pipeline``, newest first."""
         query = "PartitionKey eq @pk"
         for entity in self.table.query_entities(query, parameters={"pk": pipeline}):
-            yield Run.from_entity(entity)
+            yield run_from_entity(entity)
 
     def page_runs(
         self, pipeline: str, *, status: str | None = None, limit: int = 20, cursor: str | None = None
@@ -211,7 +331,7 @@ class RunStore:
         runs: list[Run] = []
         try:
             for page in pages:  # a filtered page may come back empty with a continuation: skip those
-                runs = [Run.from_entity(e) for e in page]
+                runs = [run_from_entity(e) for e in page]
                 if runs or pages.continuation_token is None:
                     break
         except HttpResponseError as exc:
@@ -224,15 +344,21 @@ class RunStore:
 
     def get_slot(self, pipeline: str) -> PipelineSlot:
         """Read a pipeline's slot, creating an empty one the first time."""
-        entity = _get_or_create(self.table, PIPELINES_PARTITION, pipeline, {"kind": "pipeline"})
-        return PipelineSlot(
-            pipeline=pipeline,
-            active_run=entity.get("active_run") or None,
-            waiting_run=entity.get("waiting_run") or None,
-            waiting_key=entity.get("waiting_key") or None,
-            updated_at=written_at(entity) or entity.get("updated_at"),  # the server's clock, not a writer's
-            etag=entity.metadata["etag"],
-        )
+        return _slot(_get_or_create(self.table, PIPELINES_PARTITION, pipeline, {"kind": "pipeline"}))
+
+    def slots(self) -> list[PipelineSlot]:
+        """Every pipeline's slot: the poll's index of active work (one small partition, never history)."""
+        query = "PartitionKey eq @pk"
+        return [_slot(e) for e in self.table.query_entities(query, parameters={"pk": PIPELINES_PARTITION})]
+
+    def update_slot(self, pipeline: str, change: Callable[[PipelineSlot], bool]) -> PipelineSlot:
+        """Read-modify-write a slot until it sticks; ``change`` returns whether to save."""
+
+        def attempt() -> PipelineSlot:
+            slot = self.get_slot(pipeline)
+            return self.save_slot(slot) if change(slot) else slot
+
+        return retry_on_conflict(attempt, f"pipeline {pipeline}")
 
     def save_slot(self, slot: PipelineSlot) -> PipelineSlot:
         entity = {
@@ -243,6 +369,7 @@ class RunStore:
             "waiting_run": slot.waiting_run,
             "waiting_key": slot.waiting_key,
             "updated_at": utcnow(),
+            "last_error": json.dumps(slot.last_error) if slot.last_error else None,
         }
         try:
             meta = self.table.update_entity(
@@ -252,6 +379,49 @@ class RunStore:
             raise StaleError(slot.pipeline) from None
         slot.etag = meta["etag"]
         return slot
+
+    # --- uploads no pipeline claims ---------------------------------------------------------------
+
+    def record_unrouted(self, blob, reason: str, now: dt.datetime) -> bool:
+        """Record an upload that belongs to no pipeline (once per blob version); False if it was already."""
+        digest = hashlib.sha256(f"{blob.container}\n{blob.name}\n{blob.etag}".encode()).hexdigest()[:16]
+        stamp = (blob.last_modified or now).astimezone(dt.timezone.utc)
+        entity = {
+            "PartitionKey": UNROUTED_PARTITION,
+            "RowKey": f"{99999999999999 - int(stamp.strftime('%Y%m%d%H%M%S')):014d}-{digest}",
+            "kind": "unrouted",
+            "blob_container": blob.container,
+            "blob_name": blob.name,
+            "blob_etag": blob.etag,
+            "blob_size": EntityProperty(blob.size, EdmType.INT64),
+            "blob_last_modified": blob.last_modified,
+            "reason": reason,
+            "recorded_at": now,
+        }
+        try:
+            self.table.create_entity(entity)
+            return True
+        except ResourceExistsError:
+            return False
+
+    def list_unrouted(self, limit: int = 50) -> list[dict]:
+        """Uploads no pipeline claimed, newest first."""
+        query = "PartitionKey eq @pk"
+        pages = self.table.query_entities(query, parameters={"pk": UNROUTED_PARTITION}, results_per_page=limit)
+        return [dict(e) for e in next(iter(pages.by_page()), [])]
+
+
+def _slot(entity) -> PipelineSlot:
+    error = entity.get("last_error")
+    return PipelineSlot(
+        pipeline=entity["RowKey"],
+        active_run=entity.get("active_run") or None,
+        waiting_run=entity.get("waiting_run") or None,
+        waiting_key=entity.get("waiting_key") or None,
+        updated_at=written_at(entity) or entity.get("updated_at"),  # the server's clock, not a writer's
+        last_error=json.loads(error) if error else None,
+        etag=entity.metadata["etag"],
+    )
 
 
 TARGETS_PARTITION = "_targets"
@@ -368,6 +538,15 @@ COMMANDS_PARTITION = "_commands"
 DONE, REJECTED, FAILED, IN_PROGRESS = "Done", "Rejected", "Failed", "InProgress"
 
 
+class Claim(NamedTuple):
+    """The outcome of claiming a request: ``claimed`` (carry it out), ``done`` (finished before: a
+    duplicate) or ``busy`` (another delivery is carrying it out); ``record`` is its log entry."""
+
+    state: str
+    key: str
+    record: dict
+
+
 class CommandLog:
     """Every command received, keyed by the sender's ``request_id`` (or the queue message id): the
     idempotency record (the same id is carried out once) and the list an operator reads to see what
@@ -376,11 +555,9 @@ class CommandLog:
     def __init__(self, table: TableClient) -> None:
         self.table = table
 
-    def claim(
-        self, key: str, fields: dict, lease: dt.timedelta, now: dt.datetime, dequeue_count: int = 1
-    ) -> tuple[str, dict]:
-        """``("claimed", entity)``, or ``("done", entity)`` if already finished, or ``("busy", entity)``
-        if another delivery is carrying it out right now.
+    def claim(self, key: str, fields: dict, lease: dt.timedelta, now: dt.datetime, dequeue_count: int = 1) -> Claim:
+        """Claim request ``key`` for this delivery: ``claimed``, ``done`` (finished before) or ``busy``
+        (another delivery is carrying it out right now).
 
         A later delivery of the *same* message takes over at once: the queue hands a message out again
         only once its earlier delivery stopped holding it (the host renews a running one's visibility),
@@ -398,16 +575,17 @@ class CommandLog:
             "dequeue_count": dequeue_count,
             **{k: v for k, v in fields.items() if v is not None},
         }
-        for _ in range(MAX_CONFLICT_RETRIES):
+
+        def attempt() -> Claim:
             try:
                 meta = self.table.create_entity(entity)
-                return "claimed", {**entity, "etag": meta["etag"]}
+                return Claim("claimed", key, {**entity, "etag": meta["etag"]})
             except ResourceExistsError:
                 pass
             try:
                 current = self.table.get_entity(COMMANDS_PARTITION, key)
             except ResourceNotFoundError:
-                continue
+                raise StaleError(key) from None  # deleted in between: start over
             etag = current.metadata["etag"]
             record = dict(current)
             if record["status"] == REJECTED and record.get("message_id") != fields.get("message_id"):
@@ -427,13 +605,13 @@ class CommandLog:
                     self.table.update_entity(
                         record, mode=UpdateMode.REPLACE, etag=etag, match_condition=MatchConditions.IfNotModified
                     )
-                return "done", record
+                return Claim("done", key, record)
             else:
                 redelivered = record.get("message_id") == fields.get("message_id") and dequeue_count > int(
                     record.get("dequeue_count") or 0
                 )
                 if not lease_lapsed(record.get("lease_until"), written_at(current), lease, now) and not redelivered:
-                    return "busy", record
+                    return Claim("busy", key, record)
             record.update(
                 lease_until=now + lease,
                 updated_at=now,
@@ -445,10 +623,11 @@ class CommandLog:
                 meta = self.table.update_entity(
                     record, mode=UpdateMode.REPLACE, etag=etag, match_condition=MatchConditions.IfNotModified
                 )
-                return "claimed", {**record, "etag": meta["etag"]}
+                return Claim("claimed", key, {**record, "etag": meta["etag"]})
             except ResourceModifiedError:
-                continue
-        raise StaleError(f"command {key}: too contended")
+                raise StaleError(key) from None
+
+        return retry_on_conflict(attempt, f"command {key}")
 
     def finish(self, key: str, status: str, now: dt.datetime, **fields) -> None:
         """Record the outcome. Unconditional: only the claim's holder (or a rejection, which never

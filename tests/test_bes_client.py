@@ -8,7 +8,6 @@ import pytest
 from shared.bes import BesClient, BesError, parse_status
 from shared.http import make_session
 from shared.runs import Run, utcnow
-from shared.workflow import bes_request
 from tests.conftest import API_KEY, upload
 
 
@@ -22,7 +21,7 @@ def request_for(svc, name="data.csv", data=None):
     blob = upload(svc, name) if data is None else upload(svc, name, data)
     run = Run.for_blob(svc.settings.pipeline, blob, "test", "test", utcnow())
     svc.storage.ensure_container(svc.settings.models_container)
-    return bes_request(svc, run, utcnow())
+    return svc.trainer(run.pipeline).request(run, utcnow())
 
 
 def wait_for(bes, job_id, statuses=("Finished", "Failed", "Cancelled"), timeout=20):

@@ -34,7 +34,7 @@ from tests.scan import assert_no_secret, secrets_used, written
 FIRST_SEED = int(os.environ.get("CHAOS_SEED", "1"))
 SCENARIOS = int(os.environ.get("CHAOS_SCENARIOS", "3"))
 EXPECTED = (workflow.RetryLater, commands.RetryLater, ServiceError)  # what a trigger may raise: it is retried
-JOB_CREATED = re.compile(r"BES job (\S+) created")
+JOB_CREATED = re.compile(r"job (\S+) created")
 FAULTS = [
     {"route": "bes.submit", "status": 503, "retry_after": 1},
     {"route": "bes.start", "drop": True},

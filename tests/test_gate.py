@@ -48,3 +48,27 @@ def test_the_evaluation_csv_is_parsed_and_looked_up_case_insensitively():
 def test_an_evaluation_without_the_metric_cannot_be_judged(text):
     with pytest.raises(EvaluationError):
         metric_value(parse_evaluation(text), "AUC")
+
+
+def test_the_gate_decides_per_target_against_what_is_live_there():
+    from shared.gate import Gate, decide
+
+    verdict = decide(Gate("AUC", 0.7, 0.0), 0.8, {"classic": None, "arm": 0.85})
+    assert verdict.status == "Approved"
+    assert verdict.decisions["classic"]["approved"] and not verdict.decisions["arm"]["approved"]
+    assert verdict.reason.startswith("classic: AUC 0.8000; no model is live yet; arm: ")
+
+
+def test_the_gate_rejects_when_no_target_gains_and_finishes_when_there_is_no_target():
+    from shared.gate import Gate, decide
+
+    assert decide(Gate("AUC", 0.9), 0.8, {"arm": None}).status == "Rejected"
+    finished = decide(Gate("AUC"), 0.8, {})
+    assert (finished.status, finished.decisions) == ("Finished", {})
+
+
+def test_one_metric_lookup_matches_names_case_insensitively():
+    from shared.gate import metric
+
+    assert metric({"Average Log Loss": 0.3}, "average log loss") == 0.3
+    assert metric({"AUC": 0.8}, "Accuracy") is None and metric(None, "AUC") is None

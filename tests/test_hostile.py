@@ -110,7 +110,7 @@ def test_a_status_call_that_keeps_failing_is_counted_and_the_deadline_still_hold
         "UnknownJobStatusCode",
         "InternalError",
     )
-    assert sum("checking BES job" in h.get("event", "") for h in run.history) == 1
+    assert sum("checking job" in h.get("event", "") for h in run.history) == 1
     from shared import status
 
     assert "2 failed status checks" in status.page_html(svc)  # visible to an operator before the deadline
@@ -155,7 +155,7 @@ def test_a_cancel_that_fails_at_the_deadline_is_retried_until_the_jobs_sas_expir
     host.fire_timer("poll_runs")
     run = svc.store.get("default", first.run_id)
     assert run.status == R.TIMED_OUT and "not cancelled" in run.history[-1]["reason"]
-    assert "its SAS have expired" in run.history[-1]["reason"]
+    assert "its access to the data has expired" in run.history[-1]["reason"]
     assert svc.store.get("default", second.run_id).status == R.RUNNING
 
 

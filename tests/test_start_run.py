@@ -11,9 +11,10 @@ from urllib.parse import parse_qs
 import pytest
 
 from shared import runs as R
-from shared import workflow
-from shared.bes import BesClient
+from shared import submission, workflow
+from shared.bes import SAS_MARGIN, BesClient
 from shared.http import make_session
+from shared.store import run_entity
 from tests.conftest import API_KEY, jobs, upload
 
 
@@ -72,7 +73,7 @@ def test_bes_gets_blob_scoped_sas_references_and_never_the_account_key(svc, fres
     assert request["Outputs"]["output2"]["RelativeLocation"].endswith(".csv")
     # every SAS expires with the job's allowed time plus the margin, not a minute later
     run = next(iter(svc.store.list_runs(svc.settings.pipeline)))
-    expected = run.submitted_at + dt.timedelta(minutes=svc.settings.job_timeout_minutes) + workflow.SAS_MARGIN
+    expected = run.submitted_at + dt.timedelta(minutes=svc.settings.job_timeout_minutes) + SAS_MARGIN
     for ref in (source, *request["Outputs"].values()):
         expiry = dt.datetime.fromisoformat(parse_qs(ref["SasBlobToken"].lstrip("?"))["se"][0].replace("Z", "+00:00"))
         assert abs(expiry - expected) < dt.timedelta(seconds=5), (expiry, expected)
@@ -167,7 +168,7 @@ def test_an_upload_during_a_promotion_waits_instead_of_taking_the_slot(svc, fres
     promoted = promotion_in_flight(svc, fresh_emulator)
     newer = start(svc, upload(svc, "day-2.csv"))
     assert newer.action == "waiting"
-    assert workflow.promote(svc, promoted, "poll/test", "promoted: test").status == R.RUNNING
+    assert submission.promote(svc, "default", promoted, "poll/test", "promoted: test").status == R.RUNNING
     slot = svc.store.get_slot(svc.settings.pipeline)
     assert (slot.active_run, slot.waiting_run) == (promoted, newer.run_id)
     assert len(jobs(fresh_emulator)) == 1
@@ -178,12 +179,12 @@ def test_a_poll_leaves_a_promotion_in_flight_alone_and_finishes_one_cut_short(sv
 
     promoted = promotion_in_flight(svc, fresh_emulator)
     since = svc.store.get_slot(svc.settings.pipeline).updated_at
-    now = workflow.utcnow()
-    assert poll.poll_run(svc, promoted, actor="poll/1", now=now, slot_since=since).action == "in_progress"
+    now = R.utcnow()
+    assert poll.poll_run(svc, "default", promoted, actor="poll/1", now=now, slot_since=since).action == "in_progress"
     assert run_of(svc, promoted).status == R.WAITING and jobs(fresh_emulator) == []
     # The promoting instance died: once its claim would have lapsed, a poll starts the run.
     later = since + workflow.LEASE + dt.timedelta(seconds=1)
-    assert poll.poll_run(svc, promoted, actor="poll/2", now=later, slot_since=since).status == R.RUNNING
+    assert poll.poll_run(svc, "default", promoted, actor="poll/2", now=later, slot_since=since).status == R.RUNNING
     assert len(jobs(fresh_emulator)) == 1
 
 
@@ -241,7 +242,7 @@ def test_a_permanent_bes_error_fails_the_run_with_the_service_codes_and_frees_th
     assert (outcome.action, run.status) == ("failed", R.FAILED)
     assert run.error["http_status"] == 401
     assert run.error["code"] == "Unauthorized" and run.error["detail_codes"] == ["ScoreRequestUnauthorized"]
-    assert "rotated-key" not in json.dumps(run.to_entity(), default=str)
+    assert "rotated-key" not in json.dumps(run_entity(run), default=str)
     assert svc.store.get_slot(svc.settings.pipeline).active_run is None
 
 
@@ -288,7 +289,7 @@ def test_a_start_that_already_happened_is_recognised(svc, fresh_emulator):
     blob = upload(svc, "census.csv")
     svc.storage.ensure_container(svc.settings.models_container)  # else the job fails within 0.3 s
     run = R.Run.for_blob(svc.settings.pipeline, blob, "blob", "earlier", R.utcnow())
-    request, outputs = workflow.bes_request(svc, run, R.utcnow())
+    request, outputs = svc.trainer(run.pipeline).request(run, R.utcnow())
     job_id = svc.bes.submit(request)
     svc.bes.start(job_id)
     run.transition(R.SUBMITTED, by="earlier", reason="created", job_id=job_id, outputs=outputs)
@@ -320,7 +321,7 @@ def test_no_secret_reaches_the_log_or_the_table(svc, fresh_emulator, caplog):
     )
     start(svc, upload(svc, "a.csv"))
     start(svc, upload(svc, "b.csv"))
-    stored = json.dumps([r.to_entity() for r in svc.store.list_runs("default")], default=str)
+    stored = json.dumps([run_entity(r) for r in svc.store.list_runs("default")], default=str)
     for text in (caplog.text, stored):
         assert API_KEY not in text
         assert "AccountKey=" not in text
