@@ -245,6 +245,49 @@ MUTANTS = [
         "allowed_methods=None,",
         ("tests/test_bes_client.py::test_a_dropped_connection_is_retried_for_a_read_but_a_post_is_never_repeated",),
     ),
+    # --- many pipelines, isolated -------------------------------------------------------------------
+    Mutant(
+        "an upload goes to the first matching pipeline, not the longest prefix",
+        "shared/settings.py",
+        "return max(owners, key=lambda p: len(p.blob_prefix), default=None)",
+        "return owners[0] if owners else None",
+        ("tests/test_settings.py::test_pipelines_are_parsed_with_defaults_from_the_flat_settings",),
+    ),
+    Mutant(
+        "a target may serve two pipelines",
+        "shared/settings.py",
+        "            owner = next((p.name for p in pipelines if target in p.targets), None)\n",
+        "            owner = None\n",
+        ("tests/test_settings.py::test_every_pipeline_problem_is_caught_at_start_naming_the_pipeline_and_the_field",),
+    ),
+    Mutant(
+        "a command without a pipeline goes to the first of several",
+        "shared/commands.py",
+        "        if len(pipelines) > 1:\n",
+        "        if False:\n",
+        ("tests/test_pipelines.py::test_a_command_names_its_pipeline_when_there_are_several",),
+    ),
+    Mutant(
+        "an upload no pipeline claims is not recorded",
+        "shared/store.py",
+        "            self.table.create_entity(entity)\n            return True",
+        "            return True",
+        ("tests/test_pipelines.py::test_an_upload_no_pipeline_claims_is_recorded_once_and_starts_nothing",),
+    ),
+    Mutant(
+        "pipelines polled one after another",
+        "shared/poll.py",
+        "    if len(work) <= 1:\n",
+        "    if True:\n",
+        ("tests/test_pipelines.py::test_a_slow_failing_service_holds_up_no_other_pipeline",),
+    ),
+    Mutant(
+        "one pipeline's unforeseen error stops the poll",
+        "shared/poll.py",
+        "        except Exception as exc:\n            if isinstance(exc, (ServiceError, RetryLater)):",
+        "        except (ServiceError, RetryLater) as exc:\n            if isinstance(exc, (ServiceError, RetryLater)):",
+        ("tests/test_pipelines.py::test_an_unforeseen_error_in_one_pipeline_is_recorded_on_it_and_the_others_go_on",),
+    ),
     # --- a skewed clock blocks nobody ---------------------------------------------------------------
     Mutant(
         "a lease from a fast clock taken at its word",

@@ -203,7 +203,7 @@ class BatchExecutionService:
                     [("CannotStartJob", f"The job cannot be started because it is in {job.status} state.")],
                 )
             job.status, job.started = "Running", dt.datetime.now(dt.timezone.utc).timestamp()
-        fault = self.emulator.take_fault("bes.job", kind="job")
+        fault = self.emulator.take_fault("bes.job", kind="job", path=request.path)
         threading.Thread(
             target=self._run, args=(job, fault.fail if fault else None), daemon=True, name=f"job-{job.id}"
         ).start()

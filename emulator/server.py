@@ -9,6 +9,7 @@ Admin API (JSON, under ``/_emulator/``; never subject to faults):
   ``{"route": "bes.status", "drop": true}`` (close the connection), ``{"route": ..., "delay": 0.5}``,
   ``{"route": ..., "status": 200, "body": "<html>...", "content_type": "text/html"}`` (any answer, any shape),
   ``"after": true`` (the request is carried out first, then its answer is dropped or replaced),
+  ``"path": "/services/<id>/"`` (only requests whose path contains it: one service of several),
   ``{"route": "bes.job", "fail": "details text"}`` (the next job fails; ``{input_url}`` and
   ``{input_signature}`` in the text quote the job's input reference, SAS included, as a real error might),
   ``{"route": "arm.lro", "fail": ...}`` (the next ARM update's operation ends Failed), ``{"route": "arm.lro",
@@ -103,6 +104,7 @@ class Fault:
     fail: str | None = None
     no_effect: bool = False
     after: bool = False  # handle the request first (the work is done), then fault the answer
+    path: str | None = None  # only requests whose path contains this (one service of several)
     content_type: str | None = None  # of ``body`` when it is a string (an HTML page, say)
     times: int | None = None
     id: int = 0
@@ -145,11 +147,14 @@ class Emulator:
 
     # --- faults -----------------------------------------------------------------------------------
 
-    def take_fault(self, route: str, *, kind: str = "http") -> Fault | None:
-        """Consume the first fault for ``route`` (``kind`` "job" selects job-failure faults)."""
+    def take_fault(self, route: str, *, kind: str = "http", path: str = "") -> Fault | None:
+        """Consume the first fault for ``route`` (``kind`` "job" selects job-failure faults) whose
+        ``path`` scope, if it has one, is part of the request's ``path``."""
         with self.lock:
             for fault in self.faults:
                 if fault.route != route or (fault.fail is not None) != (kind == "job"):
+                    continue
+                if fault.path and fault.path not in path:
                     continue
                 if fault.times is not None:
                     fault.times -= 1
@@ -272,7 +277,7 @@ class Emulator:
             if match and method == request.method:
                 entry["route"] = name
                 request.params = match.groupdict()
-                fault = self.take_fault(name)
+                fault = self.take_fault(name, path=request.path)
                 if fault is not None and fault.after:
                     route_handler(request)  # the service did the work; then its answer is lost or mangled
                 if fault is not None:

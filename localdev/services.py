@@ -202,6 +202,12 @@ class EmulatorProcess:
             {"name": arm, "kind": "arm", "resource_id": self.info["arm_resource_id"], "management_url": self.url},
         ]
 
+    def add_training_service(self, service: str, api_key: str, workspace: str | None = None) -> str:
+        """Register another training web service (its own key); returns its BES ``.../jobs`` URL."""
+        workspace = workspace or self.bes_jobs_url.split("/workspaces/", 1)[1].split("/", 1)[0]
+        self.admin("POST", "services", {"workspace": workspace, "service": service, "api_key": api_key})
+        return f"{self.url}/workspaces/{workspace}/services/{service}/jobs"
+
     def admin(self, method: str, name: str, body: object | None = None) -> object:
         response = requests.request(method, f"{self.url}/_emulator/{name}", json=body, timeout=10)
         response.raise_for_status()

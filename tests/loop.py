@@ -69,3 +69,41 @@ def classic_score(emulator, rows: list[dict]) -> list[float]:
 
 def arm_score(emulator, rows: list[dict]) -> list[float]:
     return scoring.arm_score(emulator.info, API_KEY, rows)
+
+
+CHURN_KEY = "churn-api-key-" + "y" * 40  # another obviously fake key: the second training service's
+CHURN_SERVICE = "c4a1f0e2d3b4455687a9b0c1d2e3f405"
+
+
+def two_pipelines(env: dict, emulator, **extra) -> dict:
+    """``env`` with two pipelines side by side: ``census`` (uploads under ``census/``, the seeded training
+    service, gated on AUC, deploying to the classic endpoint) and ``churn`` (``churn/``, a second
+    training service with its own key, gated on Accuracy, deploying to the ARM web service). Neither
+    flat BES setting is set: each pipeline names its own service and key (by another app setting)."""
+    churn_jobs = emulator.add_training_service(CHURN_SERVICE, CHURN_KEY)
+    pipelines = [
+        {
+            "name": "census",
+            "blob_prefix": "census/",
+            "trainer": {"kind": "bes", "jobs_url": env["BES_JOBS_URL"], "api_key_setting": "CENSUS_BES_KEY"},
+            "targets": ["classic"],
+            "gate": {"metric": "AUC", "min": 0.6},
+        },
+        {
+            "name": "churn",
+            "blob_prefix": "churn/",
+            "trainer": {"kind": "bes", "jobs_url": churn_jobs, "api_key_setting": "CHURN_BES_KEY"},
+            "targets": ["arm"],
+            "gate": {"metric": "Accuracy", "min": 0.5},
+        },
+    ]
+    flat = {k: v for k, v in env.items() if k not in ("BES_JOBS_URL", "BES_API_KEY")}
+    return {
+        **flat,
+        "PIPELINES": json.dumps(pipelines),
+        "DEPLOY_TARGETS": json.dumps(emulator.deploy_targets(API_KEY)),
+        "CENSUS_BES_KEY": API_KEY,
+        "CHURN_BES_KEY": CHURN_KEY,
+        "ARM_POLL_SECONDS": "0.05",
+        **extra,
+    }

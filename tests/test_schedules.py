@@ -89,3 +89,31 @@ def test_a_burst_of_uploads_in_the_quiet_period_becomes_one_run_on_the_newest(en
     assert (started.run_id, started.action) == (newest.run_id, "started")
     assert svc.store.get("default", newest.run_id).attempts == 1
     assert len(jobs(fresh_emulator)) == 1
+
+
+def test_each_pipeline_with_a_schedule_gets_a_timer_function_of_its_own(monkeypatch):
+    import json
+
+    import function_app
+    from localdev.runner import index
+
+    pipelines = [
+        {"name": name, "blob_prefix": f"{name}/", "trainer": {"kind": "bes"}, **extra}
+        for name, extra in (
+            ("census", {"schedule": "0 0 3 * * *"}),
+            ("churn-eu", {"schedule": "0 30 4 * * 1"}),
+            ("fraud", {}),
+        )
+    ]
+    try:
+        monkeypatch.setenv("PIPELINES", json.dumps(pipelines))
+        reloaded = importlib.reload(function_app)
+        timers = {
+            f.get_function_name(): f.get_dict_repr()["bindings"][0]["schedule"]
+            for f in index(reloaded.app)
+            if f.get_function_name().startswith("retrain_on_schedule")
+        }
+        assert timers == {"retrain_on_schedule_census": "0 0 3 * * *", "retrain_on_schedule_churn_eu": "0 30 4 * * 1"}
+    finally:
+        monkeypatch.delenv("PIPELINES")
+        importlib.reload(function_app)

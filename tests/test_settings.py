@@ -254,3 +254,141 @@ def test_a_trailing_newline_does_not_pass_a_name_pattern():
 
     with pytest.raises(SettingsError, match="needs a name"):
         Settings.from_env({**BASE, "DEPLOY_TARGETS": json.dumps([{**CLASSIC, "name": "prod\n"}])})
+
+
+def pipelines_env(pipelines, **extra):
+    import json
+
+    env = {k: v for k, v in BASE.items() if not k.startswith("BES_")}
+    targets = [CLASSIC, ARM, {**ARM, "name": "arm-2"}]
+    return {
+        **env,
+        "PIPELINES": json.dumps(pipelines),
+        "DEPLOY_TARGETS": json.dumps(targets),
+        "KEY_A": "key-a-123456",
+        **extra,
+    }
+
+
+def pipeline(name="census", prefix="census/", **fields):
+    return {
+        "name": name,
+        "blob_prefix": prefix,
+        "trainer": {"kind": "bes", "jobs_url": JOBS, "api_key_setting": "KEY_A"},
+        **fields,
+    }
+
+
+def test_pipelines_are_parsed_with_defaults_from_the_flat_settings():
+    env = pipelines_env(
+        [pipeline("churn", ""), pipeline(targets=["prod"], gate={"metric": "Accuracy"}, schedule="0 0 3 * * *")],
+        BES_INPUT_NAME="data",
+        GATE_MIN="0.7",
+    )
+    s = Settings.from_env(env)
+    churn, census = s.pipelines
+    assert (census.name, census.blob_prefix, census.targets, census.schedule) == (
+        "census",
+        "census/",
+        ("prod",),
+        "0 0 3 * * *",
+    )
+    assert (census.trainer.kind, census.trainer.api_key, census.trainer.input_name) == ("bes", "key-a-123456", "data")
+    assert (census.gate.metric, census.gate.min) == ("Accuracy", 0.7)  # the flat GATE_MIN is the default
+    assert (churn.targets, churn.gate.metric) == ((), "AUC")
+    # the longest prefix wins; "" takes what no other prefix claims
+    assert s.route("census/2026.csv") is census and s.route("other.csv") is churn
+    assert s.bes_jobs_url is None and "key-a-123456" not in repr(s)
+
+
+def test_without_pipelines_the_flat_settings_are_the_one_pipeline():
+    s = Settings.from_env(BASE)
+    [only] = s.pipelines
+    assert (only.name, only.blob_prefix, only.trainer.jobs_url, only.gate.metric) == ("default", "", JOBS, "AUC")
+    assert s.route("anything/at/all.csv") is only
+
+
+@pytest.mark.parametrize(
+    ("pipelines", "setting", "expected"),
+    [
+        ("{}", "PIPELINES", "non-empty JSON list"),
+        ([{"name": "Census"}], "PIPELINES", "pipeline #1 needs a name of 1-40 lowercase"),
+        ([pipeline(extra=1)], "PIPELINES", "pipeline 'census': has unknown field(s) extra"),
+        ([pipeline(), pipeline()], "PIPELINES", "pipeline 'census': is named twice"),
+        (
+            [pipeline(), pipeline("churn")],
+            "PIPELINES",
+            "pipeline 'churn' blob_prefix: 'census/' is also pipeline 'census''s",
+        ),
+        ([pipeline(prefix="../x/")], "PIPELINES", "pipeline 'census' blob_prefix: '../x/' is not a blob name prefix"),
+        ([pipeline(prefix=7)], "PIPELINES", "pipeline 'census' blob_prefix: must be a string, not int"),
+        (
+            [pipeline(trainer={"kind": "sagemaker"})],
+            "PIPELINES",
+            "pipeline 'census' trainer: must be an object whose kind is one of bes",
+        ),
+        ([pipeline(trainer={"kind": "bes"})], "PIPELINES", "pipeline 'census' trainer: is missing jobs_url"),
+        (
+            [pipeline(trainer={"kind": "bes", "jobs_url": "https://10.0.0.1/w/s/jobs", "api_key": "k" * 12})],
+            "PIPELINES",
+            "pipeline 'census' trainer jobs_url: 10.0.0.1 is an IP address",
+        ),
+        (
+            [pipeline(trainer={"kind": "bes", "jobs_url": JOBS})],
+            "PIPELINES",
+            "pipeline 'census' trainer: needs api_key or api_key_setting",
+        ),
+        (
+            [pipeline(trainer={"kind": "bes", "jobs_url": JOBS, "api_key_setting": "NOPE"})],
+            "NOPE",
+            "is required by PIPELINES",
+        ),
+        (
+            [pipeline(targets=["nope"])],
+            "PIPELINES",
+            "pipeline 'census' targets: 'nope' is not a target of DEPLOY_TARGETS",
+        ),
+        (
+            [pipeline(targets=["prod"]), pipeline("churn", "churn/", targets=["prod"])],
+            "PIPELINES",
+            "pipeline 'churn' targets: 'prod' is pipeline 'census''s already: a target serves one model",
+        ),
+        ([pipeline(gate={"min": "high"})], "PIPELINES", "pipeline 'census' gate min: must be a number, not str"),
+        ([pipeline(gate={"minimum": 1})], "PIPELINES", "pipeline 'census' gate: has unknown field(s) minimum"),
+        ([pipeline(schedule="0 3 * * *")], "PIPELINES", "pipeline 'census' schedule: '0 3 * * *' is not an NCRONTAB"),
+    ],
+)
+def test_every_pipeline_problem_is_caught_at_start_naming_the_pipeline_and_the_field(pipelines, setting, expected):
+    import json
+
+    raw = pipelines if isinstance(pipelines, str) else json.dumps(pipelines)
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env({**pipelines_env([]), "PIPELINES": raw})
+    assert caught.value.setting == setting
+    assert expected in str(caught.value), str(caught.value)
+
+
+def test_the_single_pipeline_settings_are_refused_beside_pipelines():
+    for name, value in (("PIPELINE_NAME", "census"), ("RETRAIN_SCHEDULE", "0 0 3 * * *")):
+        with pytest.raises(SettingsError, match="with PIPELINES, set it on each pipeline") as caught:
+            Settings.from_env(pipelines_env([pipeline()], **{name: value}))
+        assert caught.value.setting == name
+
+
+def test_a_target_field_of_the_wrong_type_is_named():
+    import json
+
+    with pytest.raises(SettingsError, match="target 'prod' resource_name: must be a string, not int"):
+        Settings.from_env({**BASE, "DEPLOY_TARGETS": json.dumps([{**CLASSIC, "resource_name": 5}])})
+
+
+def test_each_pipeline_schedule_is_a_timer_of_its_own():
+    import json
+
+    from shared.settings import schedules
+
+    env = pipelines_env([pipeline(schedule="0 0 3 * * *"), pipeline("churn-eu", "churn/", schedule="bad")])
+    assert schedules(env) == [("retrain_on_schedule_census", "census", "0 0 3 * * *")]  # a bad one: reported at start
+    assert schedules({"RETRAIN_SCHEDULE": "0 0 4 * * *"}) == [("retrain_on_schedule", None, "0 0 4 * * *")]
+    assert schedules({"PIPELINES": "{not json"}) == [] and schedules({}) == []
+    assert json.loads(json.dumps(schedules(env)))  # plain values: they become binding metadata
