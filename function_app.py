@@ -105,16 +105,20 @@ def _json(body: object, status: int = 200) -> func.HttpResponse:
     )
 
 
+def _bad(exc) -> func.HttpResponse:
+    return _json({"error": {"code": "BadParameter", "parameter": exc.parameter, "message": str(exc)}}, 400)
+
+
 @app.function_name("api_runs")
 @app.route(route="runs", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
 def api_runs(req: func.HttpRequest) -> func.HttpResponse:
-    """Runs, newest first: ?status=Rejected&limit=20&cursor=... (cursor from the previous page)."""
+    """One pipeline's runs, newest first: ?pipeline=census&status=Rejected&limit=20&cursor=..."""
     from shared import status
 
     try:
         page = status.list_runs(workflow.get_services(), **status.page_params(req.params))
     except status.BadParameter as exc:
-        return _json({"error": {"code": "BadParameter", "parameter": exc.parameter, "message": str(exc)}}, 400)
+        return _bad(exc)
     return _json(page)
 
 
@@ -124,7 +128,12 @@ def api_run(req: func.HttpRequest) -> func.HttpResponse:
     """One run with its history, metrics, gate decision and per-target deploy results."""
     from shared import status
 
-    run = status.get_run(workflow.get_services(), req.route_params.get("run_id", ""))
+    svc = workflow.get_services()
+    try:
+        pipeline = status.pipeline_for(svc, req.params.get("pipeline")).name if req.params.get("pipeline") else None
+    except status.BadParameter as exc:
+        return _bad(exc)
+    run = status.get_run(svc, req.route_params.get("run_id", ""), pipeline)
     if run is None:
         return _json({"error": {"code": "NotFound", "message": "no such run"}}, 404)
     return _json(run)
@@ -133,20 +142,50 @@ def api_run(req: func.HttpRequest) -> func.HttpResponse:
 @app.function_name("api_targets")
 @app.route(route="targets", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
 def api_targets(req: func.HttpRequest) -> func.HttpResponse:
-    """What is live on each deploy target, since when, from which run."""
+    """What is live on each deploy target (of ?pipeline=, if given), since when, from which run."""
     from shared import status
 
-    return _json({"targets": status.list_targets(workflow.get_services())})
+    svc = workflow.get_services()
+    try:
+        pipeline = status.pipeline_for(svc, req.params.get("pipeline")).name if req.params.get("pipeline") else None
+    except status.BadParameter as exc:
+        return _bad(exc)
+    return _json({"targets": status.list_targets(svc, pipeline)})
+
+
+@app.function_name("api_pipelines")
+@app.route(route="pipelines", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+def api_pipelines(req: func.HttpRequest) -> func.HttpResponse:
+    """Each pipeline: its uploads, trainer, gate, targets, schedule, what it is doing, its last error."""
+    from shared import status
+
+    return _json({"pipelines": status.list_pipelines(workflow.get_services())})
+
+
+@app.function_name("api_unrouted")
+@app.route(route="unrouted", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+def api_unrouted(req: func.HttpRequest) -> func.HttpResponse:
+    """Uploads no pipeline claimed, newest first, and why."""
+    from shared import status
+
+    return _json({"unrouted": status.list_unrouted(workflow.get_services())})
 
 
 @app.function_name("status_page")
 @app.route(route="status", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
 def status_page(req: func.HttpRequest) -> func.HttpResponse:
-    """The one-page status view (self-contained HTML)."""
+    """The one-page status view (self-contained HTML); ?pipeline= for one pipeline's details."""
     from urllib.parse import urlencode
 
     from shared import status
 
     code = req.params.get("code")
-    page = status.page_html(workflow.get_services(), link_query=f"?{urlencode({'code': code})}" if code else "")
+    try:
+        page = status.page_html(
+            workflow.get_services(),
+            link_query=f"?{urlencode({'code': code})}" if code else "",
+            pipeline=req.params.get("pipeline") or None,
+        )
+    except status.BadParameter as exc:
+        return _bad(exc)
     return func.HttpResponse(page, mimetype="text/html", charset="utf-8", headers=status.SECURITY_HEADERS)

@@ -60,6 +60,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="keep everything (and the status page) running after the summary, until Ctrl-C",
     )
+    parser.add_argument(
+        "--pipelines",
+        action="store_true",
+        help="two pipelines side by side (census and churn, each its own training service), and an "
+        "upload no pipeline claims",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
     # azure-functions warns that auth levels apply only to HTTP functions; true and irrelevant here.
@@ -89,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
             "ARM_POLL_SECONDS": "0.2",
             **emulator.app_settings(),  # BES and the emulated App Service's managed identity
         }
+        if args.pipelines:
+            settings.update(two_pipelines(emulator, api_key, settings))
         say(f"  Azurite blob endpoint  http://127.0.0.1:{azurite.blob_port}/devstoreaccount1")
         say(f"  BES jobs URL           {info['bes_jobs_url']}")
         say(f"  deploy targets         classic endpoint 'retrain', ARM web service {info['arm_resource_id']}")
@@ -104,6 +112,10 @@ def main(argv: list[str] | None = None) -> int:
         say(f"  status API             {base}/api/runs?code={function_key}  (and /api/runs/<id>, /api/targets)")
         svc = get_services()
         svc.storage.ensure_container("training-data")
+        if args.pipelines:
+            ok = pipelines_story(svc, host, args.timeout)
+            keep_open(args, host, base, function_key)
+            return 0 if ok else 1
         before = scores(emulator, api_key)
 
         seen: dict[str, int] = {}  # history entries already shown, per run
@@ -200,18 +212,119 @@ def main(argv: list[str] | None = None) -> int:
                 else "UNEXPECTED: see the runs above."
             )
         )
-        if args.keep_open:
-            say(f"\nStill serving; status page: {base}/api/status?code={function_key}  (Ctrl-C to stop)")
-            with contextlib.suppress(KeyboardInterrupt):
-                while True:
-                    host.scan_blobs() + host.tick_timers() + host.pump_queues()
-                    time.sleep(1)
+        keep_open(args, host, base, function_key)
         return 0 if ok else 1
     finally:
         if host is not None:
             host.stop()
         emulator.stop()
         azurite.stop()
+
+
+def keep_open(args, host, base: str, function_key: str) -> None:
+    if args.keep_open:
+        say(f"\nStill serving; status page: {base}/api/status?code={function_key}  (Ctrl-C to stop)")
+        with contextlib.suppress(KeyboardInterrupt):
+            while True:
+                host.scan_blobs() + host.tick_timers() + host.pump_queues()
+                time.sleep(1)
+
+
+CHURN_SERVICE = "c4a1f0e2d3b4455687a9b0c1d2e3f405"
+
+
+def two_pipelines(emulator: EmulatorProcess, api_key: str, settings: dict) -> dict:
+    """Settings for two pipelines: census (the seeded training service, AUC, the classic endpoint) and
+    churn (a second training service with a key of its own, Accuracy, the ARM web service)."""
+    churn_key = secrets.token_urlsafe(32)
+    churn_jobs = emulator.add_training_service(CHURN_SERVICE, churn_key)
+    pipelines = [
+        {
+            "name": "census",
+            "blob_prefix": "census/",
+            "trainer": {"kind": "bes", "jobs_url": settings["BES_JOBS_URL"], "api_key_setting": "CENSUS_BES_KEY"},
+            "targets": ["classic-retrain"],
+            "gate": {"metric": "AUC", "min": 0.6},
+        },
+        {
+            "name": "churn",
+            "blob_prefix": "churn/",
+            "trainer": {"kind": "bes", "jobs_url": churn_jobs, "api_key_setting": "CHURN_BES_KEY"},
+            "targets": ["arm-census"],
+            "gate": {"metric": "Accuracy", "min": 0.6},
+        },
+    ]
+    say("  pipelines              census (census/ -> classic-retrain, AUC), churn (churn/ -> arm-census, Accuracy)")
+    return {
+        "PIPELINES": json.dumps(pipelines),
+        "CENSUS_BES_KEY": settings.pop("BES_API_KEY"),
+        "CHURN_BES_KEY": churn_key,
+        "BES_JOBS_URL": "",
+        "GATE_MIN": "",
+    }
+
+
+def pipelines_story(svc, host, timeout: float) -> bool:
+    """Uploads for both pipelines at once, trained side by side on their own services; then an upload
+    under no pipeline's prefix, recorded with the reason."""
+    from emulator.sample_data import generate
+
+    uploads = {
+        "census/2026-11.csv": SAMPLE.read_bytes(),
+        "churn/2026-11.csv": generate(800, seed=8, label_noise=0.1).encode(),
+    }
+    say("\nUploading census/2026-11.csv and churn/2026-11.csv at once ...")
+    for name, data in uploads.items():
+        svc.storage.blobs.get_blob_client("training-data", name).upload_blob(data, overwrite=True)
+    seen: dict[str, int] = {}
+    deadline = time.monotonic() + timeout
+    ended: dict[str, object] = {}
+    while time.monotonic() < deadline and len(ended) < len(uploads):
+        for invocation in host.scan_blobs() + host.tick_timers() + host.pump_queues():
+            if not invocation.ok:
+                say(f"  [host] {invocation.function} failed: {invocation.error}")
+        for pipeline in ("census", "churn"):
+            for run in svc.store.list_runs(pipeline):
+                for entry in run.history[seen.get(run.run_id, 0) :]:
+                    if "to" in entry:
+                        say(f"  [{pipeline:<6} {run.run_id[-8:]}] {entry['to']:<10} {entry['reason'][:90]}")
+                seen[run.run_id] = len(run.history)
+                if run.ended:
+                    ended[run.blob_name] = run
+        time.sleep(0.25)
+    say("\nUploading finance/q4.csv (under no pipeline's prefix) ...")
+    svc.storage.blobs.get_blob_client("training-data", "finance/q4.csv").upload_blob(
+        SAMPLE.read_bytes(), overwrite=True
+    )
+    host.scan_blobs()
+    unrouted = svc.store.list_unrouted()
+    for record in unrouted:
+        say(f"  recorded, nothing started: {record['blob_name']}: {record['reason']}")
+    say("\nPipelines:")
+    from shared import status
+
+    rows = [
+        [v["name"], v["blob_prefix"], v["gate"]["metric"], ", ".join(v["targets"]), v["active_run"] or "-"]
+        for v in status.list_pipelines(svc)
+    ]
+    say(table(rows, ["pipeline", "uploads under", "gate", "targets", "active run"]))
+    say("\nLive on each target:")
+    rows = [
+        [t["name"], t["pipeline"], t["live_run"] or "-", f"{t['metric']['name']} {t['metric']['value'] or 0:.4f}"]
+        for t in status.list_targets(svc)
+    ]
+    say(table(rows, ["target", "pipeline", "live run", "metric"]))
+    ok = all(getattr(run, "status", None) == "Deployed" for run in ended.values()) and len(ended) == 2 and unrouted
+    say(
+        "\n"
+        + (
+            "OK: each pipeline trained on its own service and went live on its own target; "
+            "the unclaimed upload was recorded."
+            if ok
+            else "UNEXPECTED: see the runs above."
+        )
+    )
+    return bool(ok)
 
 
 if __name__ == "__main__":

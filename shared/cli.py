@@ -39,6 +39,8 @@ def load_settings_values(path: str | None) -> Mapping[str, str]:
 
 def build_command(args: argparse.Namespace) -> dict:
     body: dict = {"type": args.command, "version": 1, "request_id": args.request_id or f"cli-{uuid.uuid4().hex}"}
+    if args.pipeline:
+        body["pipeline"] = args.pipeline
     if args.command == "retrain" and args.blob:
         body["blob"] = args.blob
     if args.command == "deploy":
@@ -224,7 +226,9 @@ def runs_command(args: argparse.Namespace) -> int:
     from shared import status
 
     try:
-        page = status.list_runs(_read_services(args), status=args.status, limit=args.limit, cursor=args.cursor)
+        page = status.list_runs(
+            _read_services(args), pipeline=args.pipeline, status=args.status, limit=args.limit, cursor=args.cursor
+        )
     except status.BadParameter as exc:
         print(str(exc).replace("parameter ", "--", 1), file=sys.stderr)
         return 2
@@ -265,7 +269,7 @@ def runs_command(args: argparse.Namespace) -> int:
 def run_command(args: argparse.Namespace) -> int:
     from shared import status
 
-    run = status.get_run(_read_services(args), args.run_id)
+    run = status.get_run(_read_services(args), args.run_id, args.pipeline)
     if run is None:
         print(f"no run {args.run_id}", file=sys.stderr)
         return 1
@@ -273,7 +277,7 @@ def run_command(args: argparse.Namespace) -> int:
         print(json.dumps(run, indent=2, default=str))
         return 0
     lines = [
-        f"run {run['run_id']}  {run['status']}  ({run['source']}: {run['blob']})",
+        f"run {run['run_id']}  {run['status']}  (pipeline {run['pipeline']}, {run['source']}: {run['blob']})",
         f"BES job {run['job_id'] or '-'}, attempts {run['attempts']}; {run['metric']['name']} "
         f"{run['metric']['value'] if run['metric']['value'] is not None else '-'}",
     ]
@@ -299,7 +303,7 @@ def run_command(args: argparse.Namespace) -> int:
 def targets_command(args: argparse.Namespace) -> int:
     from shared import status
 
-    targets = status.list_targets(_read_services(args))
+    targets = status.list_targets(_read_services(args), args.pipeline)
     if args.json:
         print(json.dumps(targets, indent=2))
         return 0
@@ -307,6 +311,7 @@ def targets_command(args: argparse.Namespace) -> int:
         [
             t["name"],
             t["kind"],
+            t["pipeline"] or "-",
             t["live_run"] or "-",
             "-" if t["metric"]["value"] is None else f"{t['metric']['value']:.4f}",
             (t["since"] or "-")[:19],
@@ -314,7 +319,49 @@ def targets_command(args: argparse.Namespace) -> int:
         ]
         for t in targets
     ]
-    print(_table(rows, ["target", "kind", "live run", "metric", "since (UTC)", "replaced"]) if rows else "no targets")
+    print(
+        _table(rows, ["target", "kind", "pipeline", "live run", "metric", "since (UTC)", "replaced"])
+        if rows
+        else "no targets"
+    )
+    return 0
+
+
+def pipelines_command(args: argparse.Namespace) -> int:
+    from shared import status
+
+    views = status.list_pipelines(_read_services(args))
+    if args.json:
+        print(json.dumps(views, indent=2, default=str))
+        return 0
+    rows = [
+        [
+            v["name"],
+            v["blob_prefix"] or "(all)",
+            v["trainer"],
+            v["gate"]["metric"],
+            ", ".join(v["targets"]) or "-",
+            v["active_run"] or "-",
+            v["waiting_run"] or "-",
+            (v["last_error"] or {}).get("code") or "-",
+        ]
+        for v in views
+    ]
+    print(
+        _table(rows, ["pipeline", "uploads under", "trainer", "gate", "targets", "active run", "waiting", "last error"])
+    )
+    return 0
+
+
+def unrouted_command(args: argparse.Namespace) -> int:
+    from shared import status
+
+    uploads = status.list_unrouted(_read_services(args), limit=args.limit)
+    if args.json:
+        print(json.dumps(uploads, indent=2, default=str))
+        return 0
+    rows = [[u["blob"], (u["recorded_at"] or "")[:19], u["reason"]] for u in uploads]
+    print(_table(rows, ["training data", "recorded (UTC)", "why nothing started"]) if rows else "none")
     return 0
 
 
@@ -328,7 +375,7 @@ def tail_command(args: argparse.Namespace) -> int:
     interactive = sys.stdout.isatty()
     seen, started, spinner = 0, time.monotonic(), "|/-\\"
     while True:
-        run = svc.store.get(svc.settings.pipeline, args.run_id)
+        run = status.find_run(svc, args.run_id, args.pipeline)
         if run is None:
             print(f"no run {args.run_id}", file=sys.stderr)
             return 1
@@ -404,6 +451,7 @@ def parser() -> argparse.ArgumentParser:
     ):
         kind = kinds.add_parser(name, help=text)
         kind.add_argument("--request-id", help="the same id twice is carried out once (default: a new one)")
+        kind.add_argument("--pipeline", help="the pipeline it is for (required when several are configured)")
         kind.add_argument("--reason", help="why (recorded; required with --force)")
         if name == "retrain":
             kind.add_argument("--blob", help="blob name inside the training container")
@@ -415,9 +463,11 @@ def parser() -> argparse.ArgumentParser:
             kind.add_argument("target")
             kind.add_argument("--to-run", help="the run whose model to put back (default: the one replaced)")
 
-    def reader(name: str, text: str) -> argparse.ArgumentParser:
+    def reader(name: str, text: str, pipeline: bool = True) -> argparse.ArgumentParser:
         command = sub.add_parser(name, help=text)
         command.add_argument("--settings", help="a local.settings.json-style file (default: the environment)")
+        if pipeline:
+            command.add_argument("--pipeline", help="one pipeline (required for runs when several are configured)")
         return command
 
     runs_parser = reader("runs", "list runs, newest first")
@@ -434,6 +484,13 @@ def parser() -> argparse.ArgumentParser:
     tail_parser.add_argument("run_id")
     tail_parser.add_argument("--interval", type=float, default=2.0, help="seconds between reads")
     tail_parser.add_argument("--timeout", type=float, default=0, help="stop following after this long (0: never)")
+    pipelines_parser = reader(
+        "pipelines", "each pipeline: its uploads, trainer, gate, targets, what it is doing", False
+    )
+    pipelines_parser.add_argument("--json", action="store_true")
+    unrouted_parser = reader("unrouted", "uploads no pipeline claims, and why", False)
+    unrouted_parser.add_argument("--limit", type=int, default=50)
+    unrouted_parser.add_argument("--json", action="store_true")
 
     log_parser = sub.add_parser("commands", help="list received commands (e.g. --status Rejected)")
     log_parser.add_argument("--settings", help="a local.settings.json-style file (default: the environment)")
@@ -455,5 +512,7 @@ def main(argv: list[str] | None = None) -> int:
         "run": run_command,
         "targets": targets_command,
         "tail": tail_command,
+        "pipelines": pipelines_command,
+        "unrouted": unrouted_command,
     }
     return actions[args.action](args)

@@ -12,6 +12,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from shared import gate
 from shared import runs as R
 from shared.redact import shown
 from shared.runs import Run, utcnow
@@ -58,7 +59,13 @@ def run_detail(run: Run, metric: str) -> dict[str, Any]:
 
 
 def _metric(run: Run, metric: str) -> float | None:
-    return next((v for k, v in run.metrics.items() if k.lower() == metric.lower()), None)
+    return gate.metric(run.metrics, metric)
+
+
+def metric_of(svc, pipeline: str) -> str:
+    """The metric a pipeline's gate judges (a pipeline no longer configured: its runs show AUC)."""
+    configured = svc.settings.pipeline_named(pipeline)
+    return configured.gate.metric if configured else "AUC"
 
 
 class BadParameter(ValueError):
@@ -69,63 +76,131 @@ class BadParameter(ValueError):
         self.parameter = parameter
 
 
+def pipeline_for(svc, name: str | None):
+    """The pipeline a query is about: the one it names, or the only one (naming it is required when
+    several are configured)."""
+    pipelines = svc.settings.pipelines
+    names = ", ".join(p.name for p in pipelines)
+    if name is None:
+        if len(pipelines) > 1:
+            raise BadParameter("pipeline", f"is required: {len(pipelines)} pipelines are configured ({names})")
+        return pipelines[0]
+    pipeline = svc.settings.pipeline_named(name)
+    if pipeline is None:
+        raise BadParameter("pipeline", f"unknown pipeline {shown(name[:60])!r}; one of {names}")
+    return pipeline
+
+
 def page_params(params: Mapping[str, str]) -> dict[str, Any]:
-    """``status``, ``limit`` and ``cursor`` of a runs query, as :func:`list_runs` takes them."""
+    """``pipeline``, ``status``, ``limit`` and ``cursor`` of a runs query, as :func:`list_runs` takes them."""
     raw = (params.get("limit") or "20").strip()
     if not re.fullmatch(r"[0-9]{1,3}", raw):
         raise BadParameter("limit", f"{shown(raw[:20])!r} is not a whole number from 1 to {MAX_LIMIT}")
-    return {"status": params.get("status") or None, "limit": int(raw), "cursor": params.get("cursor") or None}
+    return {
+        "pipeline": params.get("pipeline") or None,
+        "status": params.get("status") or None,
+        "limit": int(raw),
+        "cursor": params.get("cursor") or None,
+    }
 
 
-def list_runs(svc, *, status: str | None = None, limit: int = 20, cursor: str | None = None) -> dict[str, Any]:
-    """A page of runs, newest first. Raises :class:`BadParameter` for a bad status, limit or cursor."""
+def list_runs(
+    svc, *, pipeline: str | None = None, status: str | None = None, limit: int = 20, cursor: str | None = None
+) -> dict[str, Any]:
+    """A page of one pipeline's runs, newest first. Raises :class:`BadParameter` for a bad pipeline,
+    status, limit or cursor."""
+    chosen = pipeline_for(svc, pipeline)
     if status is not None and status not in R.TRANSITIONS:
         raise BadParameter("status", f"unknown status {shown(status[:40])!r}; one of {', '.join(R.TRANSITIONS)}")
     if not 1 <= limit <= MAX_LIMIT:
         raise BadParameter("limit", f"{limit} is not a whole number from 1 to {MAX_LIMIT}")
     try:
-        runs, next_cursor = svc.store.page_runs(svc.settings.pipeline, status=status, limit=limit, cursor=cursor)
+        runs, next_cursor = svc.store.page_runs(chosen.name, status=status, limit=limit, cursor=cursor)
     except ValueError as exc:  # the store could not use the cursor
         raise BadParameter("cursor", f"{exc}; use the next_cursor of a previous page") from None
     return {
-        "pipeline": svc.settings.pipeline,
-        "runs": [run_summary(r, svc.settings.gate_metric) for r in runs],
+        "pipeline": chosen.name,
+        "runs": [run_summary(r, chosen.gate.metric) for r in runs],
         "next_cursor": next_cursor,
     }
 
 
-def get_run(svc, run_id: str) -> dict[str, Any] | None:
-    run = svc.store.get(svc.settings.pipeline, run_id)
-    return None if run is None else run_detail(run, svc.settings.gate_metric)
+def find_run(svc, run_id: str, pipeline: str | None = None) -> Run | None:
+    """The run with this id: in ``pipeline`` if named, else in whichever pipeline has it (one point read
+    per pipeline: run ids are unique across pipelines, which are their partitions)."""
+    names = [pipeline] if pipeline else [p.name for p in svc.settings.pipelines]
+    return next((run for run in (svc.store.get(name, run_id) for name in names) if run), None)
 
 
-def list_targets(svc) -> list[dict[str, Any]]:
-    metric = svc.settings.gate_metric
+def get_run(svc, run_id: str, pipeline: str | None = None) -> dict[str, Any] | None:
+    run = find_run(svc, run_id, pipeline)
+    return None if run is None else {"pipeline": run.pipeline, **run_detail(run, metric_of(svc, run.pipeline))}
+
+
+def list_targets(svc, pipeline: str | None = None) -> list[dict[str, Any]]:
+    """What is live on each target (of ``pipeline``, if named), judged by its pipeline's metric."""
     views = []
     for target in svc.settings.targets:
+        owner = svc.settings.pipeline_of_target(target.name)
+        if pipeline is not None and (owner is None or owner.name != pipeline):
+            continue
+        metric = owner.gate.metric if owner else "AUC"
         state = svc.targets.peek(target.name)
-        live_metrics = (state.live_metrics if state else None) or {}
         views.append(
             {
                 "name": target.name,
                 "kind": target.kind,
-                "address": target.endpoint_url if target.kind == "classic" else target.resource_id,
+                "pipeline": owner.name if owner else None,
+                "address": target.address,
                 "live_run": state.live_run if state else None,
                 "live_model": state.live_model if state else None,
                 "since": _iso(state.since) if state else None,
                 "previous_run": state.previous_run if state else None,
-                "metric": {
-                    "name": metric,
-                    "value": next((v for k, v in live_metrics.items() if k.lower() == metric.lower()), None),
-                },
+                "metric": {"name": metric, "value": gate.metric(state.live_metrics if state else None, metric)},
                 "deploying_run": state.deploying_run if state else None,
             }
         )
     return views
 
 
-# --- the page ----------------------------------------------------------------------------------------
+def list_pipelines(svc) -> list[dict[str, Any]]:
+    """Each pipeline: what it owns, how it judges, and what it is doing (its slot), from one query."""
+    slots = {slot.pipeline: slot for slot in svc.store.slots()}
+    views = []
+    for p in svc.settings.pipelines:
+        slot = slots.get(p.name)
+        views.append(
+            {
+                "name": p.name,
+                "blob_prefix": p.blob_prefix,
+                "trainer": p.trainer.kind,
+                "gate": {"metric": p.gate.metric, "min": p.gate.min, "min_improvement": p.gate.min_improvement},
+                "targets": list(p.targets),
+                "schedule": p.schedule,
+                "active_run": slot.active_run if slot else None,
+                "waiting_run": slot.waiting_run if slot else None,
+                "last_error": slot.last_error if slot else None,
+            }
+        )
+    return views
 
+
+def list_unrouted(svc, limit: int = 50) -> list[dict[str, Any]]:
+    """Uploads no pipeline claimed, newest first, with the reason."""
+    return [
+        {
+            "blob": e.get("blob_name"),
+            "etag": e.get("blob_etag"),
+            "size": getattr(e.get("blob_size"), "value", e.get("blob_size")),
+            "uploaded_at": _iso(e.get("blob_last_modified")),
+            "recorded_at": _iso(e.get("recorded_at")),
+            "reason": e.get("reason"),
+        }
+        for e in svc.store.list_unrouted(limit)
+    ]
+
+
+# --- the page ----------------------------------------------------------------------------------------
 
 # Sent with the page and the API: nothing loads from elsewhere, nothing is cached, no referrer leaves
 # (links carry the caller's ?code=; see the README), and the page cannot be framed.
@@ -138,25 +213,117 @@ SECURITY_HEADERS = {
         "form-action 'none'; frame-ancestors 'none'"
     ),
 }
+# With more pipelines than this, the page shows their summary and the details of the one asked for.
+DETAILED_PIPELINES = 4
 
 
-def page_html(svc, *, now: dt.datetime | None = None, link_query: str = "") -> str:
-    """One self-contained HTML page: nothing is loaded from anywhere else. ``link_query`` (e.g. the
-    caller's own ``?code=``) is appended to the page's links to runs so they open with the same key."""
+def page_html(svc, *, now: dt.datetime | None = None, link_query: str = "", pipeline: str | None = None) -> str:
+    """One self-contained HTML page: nothing is loaded from anywhere else. Every pipeline's summary,
+    the uploads no pipeline claims, then per pipeline (``pipeline`` only, if named; all of them if
+    few) what is live, what is running, its metric over time and its recent runs. ``link_query`` (the
+    caller's own ``?code=``) is added to the page's links so they open with the same key."""
     now = now or utcnow()
-    metric = svc.settings.gate_metric
-    recent, _ = svc.store.page_runs(svc.settings.pipeline, limit=50)
-    slot = svc.store.get_slot(svc.settings.pipeline)
-    active_ids = [i for i in (slot.active_run, slot.waiting_run) if i]
-    active = [r for r in (svc.store.get(svc.settings.pipeline, i) for i in active_ids) if r]
-    active += [r for r in recent if r.status in (R.DEPLOYING, R.APPROVED) and r.run_id not in active_ids]
     e = html.escape
-    stamp = e(now.strftime("%Y-%m-%d %H:%M:%S"))
+    chosen = [pipeline_for(svc, pipeline)] if pipeline else list(svc.settings.pipelines)
+    if not pipeline and len(chosen) > DETAILED_PIPELINES:
+        chosen = []
+    single = len(svc.settings.pipelines) == 1
+    sections = "".join(
+        _pipeline_section(svc, p, now, link_query, "" if len(chosen) == 1 else f"-{p.name}") for p in chosen
+    )
+    if not chosen:
+        sections = "<p class=muted>Choose a pipeline above to see its runs.</p>"
+    summary = "" if single else _pipelines_table(svc, now, link_query)
+    unrouted = _unrouted_table(svc, now)
+    title = svc.settings.pipelines[0].name if single else (pipeline or f"{len(svc.settings.pipelines)} pipelines")
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta name="referrer" content="no-referrer">
+<meta http-equiv="refresh" content="30">
+<title>Retraining autopilot — {e(title)}</title>
+<style>
+body {{ font: 14px/1.4 system-ui, sans-serif; margin: 24px; color: #1b1f24; background: #fafbfc; }}
+h1 {{ font-size: 20px; margin: 0 0 4px; }} h2 {{ font-size: 16px; margin: 24px 0 8px; }}
+h3 {{ font-size: 14px; margin: 18px 0 6px; }} section {{ margin-top: 28px; }}
+table {{ border-collapse: collapse; width: 100%; background: #fff; }}
+th, td {{ text-align: left; padding: 6px 10px; border-bottom: 1px solid #e1e4e8; vertical-align: middle; }}
+th {{ background: #f1f3f5; font-weight: 600; }} .mono {{ font-family: ui-monospace, monospace; font-size: 12px; }}
+.badge {{ padding: 2px 8px; border-radius: 10px; font-size: 12px; color: #fff; }}
+.ok {{ background: #1a7f37; }} .bad {{ background: #cf222e; }} .busy {{ background: #0969da; }}
+.idle {{ background: #6e7781; }} .warn {{ background: #9a6700; }} .error {{ color: #cf222e; }}
+.bar {{ width: 160px; height: 8px; background: #e1e4e8; border-radius: 4px; overflow: hidden; }}
+.bar > div {{ height: 100%; background: #0969da; }} .muted {{ color: #6e7781; }}
+</style></head><body>
+<h1>Retraining autopilot</h1>
+<div class=muted>{_subtitle(svc)} · {e(now.strftime("%Y-%m-%d %H:%M:%S"))} UTC</div>
+{summary}{unrouted}{sections}
+</body></html>"""
+
+
+def _subtitle(svc) -> str:
+    e = html.escape
+    pipelines = svc.settings.pipelines
+    if len(pipelines) == 1:
+        return f"pipeline <b>{e(pipelines[0].name)}</b> · gate {e(pipelines[0].gate.metric)}"
+    return f"{len(pipelines)} pipelines"
+
+
+def _pipelines_table(svc, now: dt.datetime, link_query: str) -> str:
+    e = html.escape
+    joiner = "&amp;" if link_query else "?"
+    rows = []
+    for view in list_pipelines(svc):
+        link = f"status{e(link_query)}{joiner}pipeline={e(view['name'])}"
+        error = view["last_error"]
+        problem = (
+            f"<span class=error title='{e(shown(error.get('message', '')))}'>{e(shown(error.get('code', '')))}</span>"
+            if error
+            else "—"
+        )
+        rows.append(
+            f"<tr><td><a href='{link}'>{e(view['name'])}</a></td>"
+            f"<td class=mono>{e(shown(view['blob_prefix']) or '(all)')}</td>"
+            f"<td>{e(view['trainer'])}</td><td>{e(view['gate']['metric'])}</td>"
+            f"<td class=mono>{e(view['active_run'] or '—')}</td><td class=mono>{e(view['waiting_run'] or '—')}</td>"
+            f"<td>{e(', '.join(view['targets']) or '—')}</td><td>{problem}</td></tr>"
+        )
+    return (
+        "<h2>Pipelines</h2><table id=pipelines><tr><th>pipeline</th><th>uploads under</th><th>trainer</th>"
+        "<th>gate</th><th>active run</th><th>waiting</th><th>targets</th><th>last error</th></tr>"
+        + "".join(rows)
+        + "</table>"
+    )
+
+
+def _unrouted_table(svc, now: dt.datetime) -> str:
+    e = html.escape
+    unrouted = list_unrouted(svc, limit=20)
+    if not unrouted:
+        return ""
+    rows = "".join(
+        f"<tr><td>{e(shown(u['blob'] or ''))}</td><td>{e(_ago(u['recorded_at'], now))}</td>"
+        f"<td>{e(shown(u['reason'] or ''))}</td></tr>"
+        for u in unrouted
+    )
+    return (
+        "<h2>Uploads no pipeline claims</h2><table id=unrouted><tr><th>training data</th><th>recorded</th>"
+        f"<th>why nothing started</th></tr>{rows}</table>"
+    )
+
+
+def _pipeline_section(svc, pipeline, now: dt.datetime, link_query: str, sfx: str) -> str:
+    e = html.escape
+    metric = pipeline.gate.metric
+    recent, _ = svc.store.page_runs(pipeline.name, limit=50)
+    slot = svc.store.get_slot(pipeline.name)
+    active_ids = [i for i in (slot.active_run, slot.waiting_run) if i]
+    active = [r for r in (svc.store.get(pipeline.name, i) for i in active_ids) if r]
+    active += [r for r in recent if r.status in (R.DEPLOYING, R.APPROVED) and r.run_id not in active_ids]
     targets_rows = "".join(
         f"<tr><td>{e(t['name'])}</td><td>{e(t['kind'])}</td><td class=mono>{e(t['live_run'] or '—')}</td>"
         f"<td>{_num(t['metric']['value'])}</td><td>{e(_ago(t['since'], now))}</td>"
         f"<td class=mono>{e(t['previous_run'] or '—')}</td></tr>"
-        for t in list_targets(svc)
+        for t in list_targets(svc, pipeline.name)
     )
     active_rows = "".join(
         f"<tr><td class=mono>{e(r.run_id)}</td><td>{_badge(r.status)}</td><td>{e(shown(r.blob_name))}</td>"
@@ -170,37 +337,21 @@ def page_html(svc, *, now: dt.datetime | None = None, link_query: str = "") -> s
         f"<td>{e(shown(_targets_text(r)))}</td><td>{e(_ago(_iso(r.updated_at), now))}</td></tr>"
         for r in recent[:20]
     )
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="referrer" content="no-referrer">
-<meta http-equiv="refresh" content="30">
-<title>Retraining autopilot — {e(svc.settings.pipeline)}</title>
-<style>
-body {{ font: 14px/1.4 system-ui, sans-serif; margin: 24px; color: #1b1f24; background: #fafbfc; }}
-h1 {{ font-size: 20px; margin: 0 0 4px; }} h2 {{ font-size: 16px; margin: 24px 0 8px; }}
-table {{ border-collapse: collapse; width: 100%; background: #fff; }}
-th, td {{ text-align: left; padding: 6px 10px; border-bottom: 1px solid #e1e4e8; vertical-align: middle; }}
-th {{ background: #f1f3f5; font-weight: 600; }} .mono {{ font-family: ui-monospace, monospace; font-size: 12px; }}
-.badge {{ padding: 2px 8px; border-radius: 10px; font-size: 12px; color: #fff; }}
-.ok {{ background: #1a7f37; }} .bad {{ background: #cf222e; }} .busy {{ background: #0969da; }}
-.idle {{ background: #6e7781; }} .warn {{ background: #9a6700; }}
-.bar {{ width: 160px; height: 8px; background: #e1e4e8; border-radius: 4px; overflow: hidden; }}
-.bar > div {{ height: 100%; background: #0969da; }} .muted {{ color: #6e7781; }}
-</style></head><body>
-<h1>Retraining autopilot</h1>
-<div class=muted>pipeline <b>{e(svc.settings.pipeline)}</b> · gate {e(metric)} · {stamp} UTC</div>
-<h2>Live on each target</h2>
-<table id=targets><tr><th>target</th><th>kind</th><th>live run</th><th>{e(metric)}</th><th>since</th>
+    heading = "" if len(svc.settings.pipelines) == 1 else f"<h2>Pipeline {e(pipeline.name)}</h2>"
+    level = "h2" if not heading else "h3"
+    return f"""<section id=pipeline{e(sfx)}>{heading}
+<{level}>Live on each target</{level}>
+<table id=targets{e(sfx)}><tr><th>target</th><th>kind</th><th>live run</th><th>{e(metric)}</th><th>since</th>
 <th>replaced</th></tr>{targets_rows or "<tr><td colspan=6 class=muted>no deploy target configured</td></tr>"}</table>
-<h2>Active runs</h2>
-<table id=active><tr><th>run</th><th>status</th><th>training data</th><th>progress</th><th>started</th></tr>
+<{level}>Active runs</{level}>
+<table id=active{e(sfx)}><tr><th>run</th><th>status</th><th>training data</th><th>progress</th><th>started</th></tr>
 {active_rows or "<tr><td colspan=5 class=muted>nothing running</td></tr>"}</table>
-<h2>{e(metric)} over time</h2>
-{_chart(recent, metric)}
-<h2>Recent runs</h2>
-<table id=recent><tr><th>run</th><th>status</th><th>training data</th><th>{e(metric)}</th><th>targets</th>
+<{level}>{e(metric)} over time</{level}>
+{_chart(recent, metric, sfx)}
+<{level}>Recent runs</{level}>
+<table id=recent{e(sfx)}><tr><th>run</th><th>status</th><th>training data</th><th>{e(metric)}</th><th>targets</th>
 <th>updated</th></tr>{recent_rows or "<tr><td colspan=6 class=muted>no runs yet</td></tr>"}</table>
-</body></html>"""
+</section>"""
 
 
 def _num(value: float | None) -> str:
@@ -250,11 +401,11 @@ def _targets_text(run: Run) -> str:
     return ", ".join(f"{name}: {t.get('status')}" for name, t in sorted(run.targets.items())) or "—"
 
 
-def _chart(runs: list[Run], metric: str) -> str:
+def _chart(runs: list[Run], metric: str, sfx: str = "") -> str:
     """An inline SVG: the gate metric of each judged run over time; deploys and rejections marked."""
     points = [(r.created_at, _metric(r, metric), r) for r in reversed(runs) if _metric(r, metric) is not None]
     if not points:
-        return "<p class=muted id=chart>no judged run yet</p>"
+        return f"<p class=muted id=chart{html.escape(sfx)}>no judged run yet</p>"
     width, height, pad = 720, 220, 48
     values = [v for _, v, _ in points]
     low, high = min(values), max(values)
@@ -293,7 +444,7 @@ def _chart(runs: list[Run], metric: str) -> str:
         "<tspan fill='#cf222e'>✕ rejected</tspan>  <tspan fill='#6e7781'>● other</tspan></text>"
     )
     return (
-        f"<svg id=chart width={width} height={height} viewBox='0 0 {width} {height}' role=img "
+        f"<svg id=chart{html.escape(sfx)} width={width} height={height} viewBox='0 0 {width} {height}' role=img "
         f"aria-label='{html.escape(metric)} over time' style='background:#fff;border:1px solid #e1e4e8'>"
         f"<polyline points='{line}' fill=none stroke='#8c959f' stroke-dasharray='4 3'/>{axis}{legend}"
         f"{''.join(marks)}</svg>"

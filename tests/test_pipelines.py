@@ -185,3 +185,84 @@ def test_an_unforeseen_error_in_one_pipeline_is_recorded_on_it_and_the_others_go
     del census.status
     host.fire_timer("poll_runs")
     assert {s.pipeline: s for s in svc.store.slots()}["census"].last_error is None
+
+
+FUNCTION_KEY = "test-function-key-not-a-secret"
+
+
+@pytest.fixture
+def deployed(world, fresh_emulator):
+    """Both pipelines with a deployed run, and an upload no pipeline claims."""
+    env, host, svc = world
+    for name in ("census/2026-12.csv", "churn/2026-12.csv", "finance/q4.csv"):
+        put_blob(env, name, GOOD)
+    host.scan_blobs()
+    wait_for_job_end(fresh_emulator)
+    settle(host, rounds=10)
+    base = host.serve_http(FUNCTION_KEY)
+    return env, svc, base, {p: runs_of(svc, p)[0] for p in ("census", "churn")}
+
+
+def api(base, path, **params):
+    import requests
+
+    return requests.get(f"{base}/api/{path}", params={"code": FUNCTION_KEY, **params}, timeout=10)
+
+
+def test_the_api_shows_each_pipeline_and_asks_which_one_when_it_matters(deployed):
+    _, _, base, runs = deployed
+    ambiguous = api(base, "runs").json()["error"]
+    assert (ambiguous["parameter"], ambiguous["message"]) == (
+        "pipeline",
+        "parameter pipeline: is required: 2 pipelines are configured (census, churn)",
+    )
+    census = api(base, "runs", pipeline="census").json()
+    assert census["pipeline"] == "census" and [r["run_id"] for r in census["runs"]] == [runs["census"].run_id]
+    assert census["runs"][0]["metric"]["name"] == "AUC"
+    assert api(base, "runs", pipeline="churn").json()["runs"][0]["metric"]["name"] == "Accuracy"
+    assert api(base, "runs", pipeline="fraud").json()["error"]["message"].startswith("parameter pipeline: unknown")
+    # one run is found without naming its pipeline (run ids are unique across pipelines)
+    assert api(base, f"runs/{runs['churn'].run_id}").json()["pipeline"] == "churn"
+    targets = {t["name"]: t for t in api(base, "targets").json()["targets"]}
+    assert (targets["classic"]["pipeline"], targets["arm"]["pipeline"]) == ("census", "churn")
+    assert [t["name"] for t in api(base, "targets", pipeline="churn").json()["targets"]] == ["arm"]
+    pipelines = {p["name"]: p for p in api(base, "pipelines").json()["pipelines"]}
+    assert pipelines["churn"]["gate"]["metric"] == "Accuracy" and pipelines["churn"]["targets"] == ["arm"]
+    assert pipelines["census"]["blob_prefix"] == "census/" and pipelines["census"]["last_error"] is None
+    [unrouted] = api(base, "unrouted").json()["unrouted"]
+    assert unrouted["blob"] == "finance/q4.csv" and "no pipeline's blob_prefix matches" in unrouted["reason"]
+
+
+def test_the_page_shows_every_pipeline_its_details_and_the_unclaimed_uploads(deployed):
+    _, _, base, runs = deployed
+    page = api(base, "status").text
+    assert "<table id=pipelines>" in page and "<table id=unrouted>" in page and "finance/q4.csv" in page
+    for name in ("census", "churn"):
+        assert f"<section id=pipeline-{name}>" in page and f"id=chart-{name}" in page
+        assert runs[name].run_id in page
+    assert f"status?code={FUNCTION_KEY}&amp;pipeline=census" in page  # the summary links to each pipeline
+    one = api(base, "status", pipeline="churn").text
+    assert (
+        "<section id=pipeline>" in one
+        and runs["churn"].run_id in one
+        and runs["census"].run_id not in one.split("<section")[1]
+    )
+
+
+def test_the_cli_shows_pipelines_and_sends_to_one(deployed, tmp_path, capsys):
+    from shared import cli
+
+    env, _, _, runs = deployed
+    path = tmp_path / "local.settings.json"
+    path.write_text(json.dumps({"Values": env}))
+    assert cli.main(["runs", "--settings", str(path)]) == 2
+    assert "--pipeline: is required: 2 pipelines are configured" in capsys.readouterr().err
+    assert cli.main(["runs", "--settings", str(path), "--pipeline", "churn"]) == 0
+    assert runs["churn"].run_id in capsys.readouterr().out
+    assert cli.main(["pipelines", "--settings", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "census    census/" in out and "churn" in out and "Accuracy" in out
+    assert cli.main(["unrouted", "--settings", str(path)]) == 0
+    assert "finance/q4.csv" in capsys.readouterr().out
+    assert cli.main(["send", "--settings", str(path), "retrain", "--pipeline", "churn", "--request-id", "r-9"]) == 0
+    assert json.loads(capsys.readouterr().out)["queued"]["pipeline"] == "churn"
