@@ -56,8 +56,8 @@ MUTANTS = [
     Mutant(
         "target state save without ETag",
         "shared/store.py",
-        f"etag=state.etag,\n                {CONDITIONAL},",
-        f"etag=None,\n                {UNCONDITIONAL},",
+        f"etag=state.etag,\n                    {CONDITIONAL},",
+        f"etag=None,\n                    {UNCONDITIONAL},",
         (f"{CONCURRENCY}::test_two_deploys_claiming_a_target_at_once_update_it_once",),
     ),
     Mutant(
@@ -66,6 +66,20 @@ MUTANTS = [
         f"record, mode=UpdateMode.REPLACE, etag=etag, {CONDITIONAL}\n                )\n                return",
         f"record, mode=UpdateMode.REPLACE, etag=None, {UNCONDITIONAL}\n                )\n                return",
         (f"{CONCURRENCY}::test_two_deliveries_taking_over_a_lapsed_claim_at_once_carry_it_out_once",),
+    ),
+    Mutant(
+        "a first-ever slot upserted, not inserted if absent",
+        "shared/store.py",
+        "                meta = self.table.create_entity(entity)\n            else:",
+        "                meta = self.table.upsert_entity(entity)\n            else:",
+        (f"{CONCURRENCY}::test_two_uploads_claiming_a_free_slot_at_once_start_one_job",),
+    ),
+    Mutant(
+        "a first-ever target state upserted, not inserted if absent",
+        "shared/store.py",
+        "meta = self.table.create_entity(state.to_entity())",
+        "meta = self.table.upsert_entity(state.to_entity())",
+        (f"{CONCURRENCY}::test_two_deploys_claiming_a_target_at_once_update_it_once",),
     ),
     Mutant(
         "per-target deployment lease ignored",

@@ -46,14 +46,17 @@ def host(blob_name: str) -> dict:
 
 def baseline(blob_name: str) -> dict:
     """The blob trigger's service calls with nothing of the app: read the blob's properties, record a run,
-    claim the slot, sign the SAS, submit and start the BES job, record it. No validation, no history."""
+    claim the slot, make sure the output container exists, sign the SAS, submit and start the BES job,
+    record it. No validation, no history, no lease, no conditional slot."""
+    import contextlib
     import datetime as dt
     import uuid
 
     import requests
     from azure.core import MatchConditions
+    from azure.core.exceptions import ResourceExistsError
     from azure.data.tables import TableServiceClient, UpdateMode
-    from azure.storage.blob import BlobClient, BlobSasPermissions, generate_blob_sas
+    from azure.storage.blob import BlobClient, BlobSasPermissions, BlobServiceClient, generate_blob_sas
 
     imported = time.perf_counter()
     env = os.environ
@@ -62,6 +65,10 @@ def baseline(blob_name: str) -> dict:
     blob = BlobClient.from_connection_string(connection, env["TRAINING_CONTAINER"], blob_name)
     props = blob.get_blob_properties()
     table = TableServiceClient.from_connection_string(connection).create_table_if_not_exists(env["RUNS_TABLE"])
+    # BES writes the model and the evaluation into the models container: it must exist before the job
+    # runs (the app makes sure once per process; a direct script must too, or its job fails).
+    with contextlib.suppress(ResourceExistsError):
+        BlobServiceClient.from_connection_string(connection).create_container(env["MODELS_CONTAINER"])
     run_id = uuid.uuid4().hex
     table.create_entity({"PartitionKey": "default", "RowKey": run_id, "etag": props.etag, "status": "Requested"})
     slot = {"PartitionKey": "_pipelines", "RowKey": "default", "active_run": run_id}

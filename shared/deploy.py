@@ -81,7 +81,7 @@ def put_live(svc, target: Target, run: Run, *, actor: str, kind: str = "deploy")
             _release(svc, target, run)
             raise
         now = utcnow()
-        replaced = _record_live(svc, target, run, model, now, kind)
+        replaced = _record_live(svc, target, run, model, now, kind, held=claimed)
         svc.targets.record(
             target.name,
             now,
@@ -99,12 +99,17 @@ def put_live(svc, target: Target, run: Run, *, actor: str, kind: str = "deploy")
         return PutResult("deployed", f"{kind}: {model} live, replacing {replaced.live_run or 'nothing'}")
 
 
-def _record_live(svc, target: Target, run: Run, model: str, now: dt.datetime, kind: str) -> TargetState:
-    """Record ``run``'s model as live on the target we hold the lease of; returns what it replaced."""
+def _record_live(
+    svc, target: Target, run: Run, model: str, now: dt.datetime, kind: str, held: TargetState
+) -> TargetState:
+    """Record ``run``'s model as live on the target we hold the lease of; returns what it replaced.
+    ``held`` is the state our claim saved: tried first (its save is ETag-conditional, so it sticks only
+    if it is still the latest), read again only after a conflict."""
     replaced: list[TargetState] = []
+    first = [held]
 
     def attempt() -> TargetState:
-        state = svc.targets.get(target.name)
+        state = first.pop() if first else svc.targets.get(target.name)
         if state.deploying_run != run.run_id:
             raise DeployError(
                 f"{target.name}: lost the deployment lease", operation=kind, code="LeaseLost", transient=True

@@ -343,8 +343,12 @@ class RunStore:
     # --- pipeline slot --------------------------------------------------------------------------
 
     def get_slot(self, pipeline: str) -> PipelineSlot:
-        """Read a pipeline's slot, creating an empty one the first time."""
-        return _slot(_get_or_create(self.table, PIPELINES_PARTITION, pipeline, {"kind": "pipeline"}))
+        """Read a pipeline's slot; a pipeline that never had one gets an empty slot, not yet stored
+        (its first :meth:`save_slot` inserts it: insert-if-absent is the condition for a new entity)."""
+        try:
+            return _slot(self.table.get_entity(PIPELINES_PARTITION, pipeline))
+        except ResourceNotFoundError:
+            return PipelineSlot(pipeline)
 
     def slots(self) -> list[PipelineSlot]:
         """Every pipeline's slot: the poll's index of active work (one small partition, never history)."""
@@ -372,10 +376,13 @@ class RunStore:
             "last_error": json.dumps(slot.last_error) if slot.last_error else None,
         }
         try:
-            meta = self.table.update_entity(
-                entity, mode=UpdateMode.REPLACE, etag=slot.etag, match_condition=MatchConditions.IfNotModified
-            )
-        except ResourceModifiedError:
+            if slot.etag is None:  # never stored: insert it, unless someone else did first
+                meta = self.table.create_entity(entity)
+            else:
+                meta = self.table.update_entity(
+                    entity, mode=UpdateMode.REPLACE, etag=slot.etag, match_condition=MatchConditions.IfNotModified
+                )
+        except (ResourceModifiedError, ResourceExistsError, ResourceNotFoundError):
             raise StaleError(slot.pipeline) from None
         slot.etag = meta["etag"]
         return slot
@@ -476,16 +483,6 @@ class TargetState:
         )
 
 
-def _get_or_create(table: TableClient, partition: str, row: str, initial: dict):
-    for _ in range(3):
-        try:
-            return table.get_entity(partition, row)
-        except ResourceNotFoundError:
-            with contextlib.suppress(ResourceExistsError):
-                table.create_entity({"PartitionKey": partition, "RowKey": row, **initial})
-    raise RuntimeError(f"could not read or create {partition}/{row}")
-
-
 class TargetStore:
     """Deploy targets' live state (``_targets`` partition) and their deployment history
     (``_history-<target>`` partitions, one entity per change, newest first)."""
@@ -494,7 +491,8 @@ class TargetStore:
         self.table = table
 
     def get(self, name: str) -> TargetState:
-        return TargetState.from_entity(_get_or_create(self.table, TARGETS_PARTITION, name, {"kind": "target"}))
+        """A target's state; one never deployed to gets an empty state, stored on its first save."""
+        return self.peek(name) or TargetState(name)
 
     def peek(self, name: str) -> TargetState | None:
         """The target's state if recorded, without creating anything (for read-only callers)."""
@@ -504,14 +502,18 @@ class TargetStore:
             return None
 
     def save(self, state: TargetState) -> TargetState:
+        """Replace the state if nobody changed it since it was read (insert it if it was never stored)."""
         try:
-            meta = self.table.update_entity(
-                state.to_entity(),
-                mode=UpdateMode.REPLACE,
-                etag=state.etag,
-                match_condition=MatchConditions.IfNotModified,
-            )
-        except (ResourceModifiedError, ResourceNotFoundError):
+            if state.etag is None:
+                meta = self.table.create_entity(state.to_entity())
+            else:
+                meta = self.table.update_entity(
+                    state.to_entity(),
+                    mode=UpdateMode.REPLACE,
+                    etag=state.etag,
+                    match_condition=MatchConditions.IfNotModified,
+                )
+        except (ResourceModifiedError, ResourceNotFoundError, ResourceExistsError):
             raise StaleError(state.name) from None
         state.etag, state.written_at = meta["etag"], server_time(meta)
         return state

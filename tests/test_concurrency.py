@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import threading
 
+import pytest
 from azure.data.tables import TableClient
 
 from shared import deploy, poll, workflow
@@ -67,9 +68,12 @@ def test_two_updates_of_one_run_read_at_once_both_stick(svc, monkeypatch):
     assert "noted by one" in events and "noted by two" in events  # neither write was lost
 
 
-def test_two_uploads_claiming_a_free_slot_at_once_start_one_job(svc, fresh_emulator, monkeypatch):
+@pytest.mark.parametrize("stored", [False, True], ids=["first-ever slot", "stored slot"])
+def test_two_uploads_claiming_a_free_slot_at_once_start_one_job(svc, fresh_emulator, monkeypatch, stored):
     fresh_emulator.admin("POST", "config", {"job_seconds": 30})
     blobs = [upload(svc, name) for name in ("a.csv", "b.csv")]
+    if stored:  # a free slot that exists (the usual case): both writes are conditional updates
+        svc.store.save_slot(svc.store.get_slot("default"))
     meet_after(monkeypatch, RunStore, "get_slot")
     outcomes = together(
         *(lambda b=b: workflow.start_run_for_blob(svc, b, source="blob", actor=f"t/{b.name}") for b in blobs)
@@ -79,7 +83,8 @@ def test_two_uploads_claiming_a_free_slot_at_once_start_one_job(svc, fresh_emula
     assert len(jobs(fresh_emulator)) == 1
 
 
-def test_two_deploys_claiming_a_target_at_once_update_it_once(env, fresh_emulator, monkeypatch):
+@pytest.mark.parametrize("stored", [False, True], ids=["never deployed", "stored state"])
+def test_two_deploys_claiming_a_target_at_once_update_it_once(env, fresh_emulator, monkeypatch, stored):
     svc = services(target_settings(env, fresh_emulator), monkeypatch)
     trained = []
     for name in ("a.csv", "b.csv"):
@@ -88,6 +93,8 @@ def test_two_deploys_claiming_a_target_at_once_update_it_once(env, fresh_emulato
         poll.poll(svc, actor="timer-poll/t")
         trained.append(svc.store.get("default", outcome.run_id))
     target = svc.settings.target("classic")
+    if stored:  # a target whose state exists (the usual case): both claims are conditional updates
+        svc.targets.save(svc.targets.get("classic"))
     meet_after(monkeypatch, TargetStore, "get")
     results = together(
         *(lambda r=r: deploy.put_live(svc, target, r, actor=f"t/{r.run_id}", kind="forced deploy") for r in trained)
