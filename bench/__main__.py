@@ -48,6 +48,7 @@ class Lab:
             api_key=API_KEY, job_seconds=0.2, storage_connection_string=self.azurite.connection_string
         ).start()
         self.emulator.admin("POST", "config", {"lro_seconds": 0.05})
+        self._environ = dict(os.environ)  # each figure's settings replace the last figure's, never add to them
 
     def env(self, **extra: str) -> dict[str, str]:
         return {
@@ -65,7 +66,8 @@ class Lab:
         """The app's services for ``env``, which also becomes the process environment (as in the worker)."""
         from shared import settings, workflow
 
-        os.environ.update(env)
+        os.environ.clear()
+        os.environ.update({**self._environ, **env})
         settings.get_settings.cache_clear()
         workflow.get_services.cache_clear()
         svc = workflow.get_services()
@@ -421,6 +423,7 @@ def burst(lab: Lab, uploads: int = 1000, duplicates: int = 200) -> dict:
     wall = time.perf_counter() - started
     statuses = collections.Counter(r.status for r in svc.store.list_runs("default"))
     jobs = lab.jobs(env)
+    assert sum(statuses.values()) == uploads and len(jobs) == 1, (outcomes, statuses)
     return {
         "deliveries": len(deliveries),
         "distinct_uploads": uploads,
