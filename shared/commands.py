@@ -153,7 +153,58 @@ def handle(svc, raw: bytes, *, message_id: str, dequeue_count: int, actor: str) 
     run_id = loose.get("run_id") if isinstance(loose, dict) and isinstance(loose.get("run_id"), str) else None
     named = loose.get("pipeline") if isinstance(loose, dict) and isinstance(loose.get("pipeline"), str) else None
     with telemetry.bind(pipeline=named or svc.settings.pipelines[0].name, command=key, run_id=run_id):
-        return _handle(svc, body, problem, key, fields, now, dequeue_count=dequeue_count, actor=actor)
+        message_id = fields["message_id"]
+        claim = _claim(svc, key, fields, now, dequeue_count)
+        key, state, record = claim.key, claim.state, claim.record
+        if state == "done":
+            log.info(
+                "command %s: duplicate of an earlier %s request (%s), not carried out again",
+                message_id,
+                record.get("status"),
+                key,
+            )
+            return f"duplicate: {key} was already {record.get('status')}"
+        if state == "busy":
+            if dequeue_count >= max_dequeue_count():
+                # Another message with this request_id is being carried out: that delivery owns the request
+                # (and is retried on its own if it fails), so this duplicate is done, not poisoned.
+                log.info("command %s: duplicate of %s, which another delivery is carrying out", message_id, key)
+                return f"duplicate: {key} is being carried out by another delivery"
+            raise RetryLater(f"{key} is being carried out by another delivery")
+        if problem is not None:
+            return _reject(svc, key, problem, fields, dequeue_count)
+        try:
+            result = _execute(svc, body, actor=actor, attempt=dequeue_count, max_attempts=max_dequeue_count())
+        except CommandRejected as exc:
+            return _reject(svc, key, exc, fields, dequeue_count)
+        except Exception as exc:  # a service, our storage (AzureError), or a bug: retried, then recorded
+            expected = isinstance(exc, (ServiceError, StaleError, AzureError))
+            reason = redact(str(exc) if expected else f"unexpected {type(exc).__name__}: {exc}")
+            if not expected:
+                log.exception("command %s (%s): unexpected error", message_id, key)
+            if dequeue_count >= max_dequeue_count():
+                final = f"gave up after {dequeue_count} deliveries: {reason}"
+                if body.get("type") == "deploy":  # the run must not stay Deploying: its targets failed
+                    try:
+                        deploy.give_up(
+                            svc,
+                            pipeline_of(svc, body).name,
+                            body["run_id"],
+                            body.get("targets"),
+                            final,
+                            actor=actor,
+                            forced=bool(body.get("force")),
+                        )
+                    except Exception:  # the command's own record comes first
+                        log.exception("command %s: could not record the failure on run %s", message_id, body["run_id"])
+                svc.commands.finish(key, FAILED, utcnow(), reason=final, deliveries=dequeue_count)
+                log.error("command %s (%s) failed for good, to the poison queue: %s", message_id, key, reason)
+            else:
+                svc.commands.release(key, utcnow(), reason)
+            raise
+        svc.commands.finish(key, DONE, utcnow(), result=result[:2000])
+        log.info("command %s (%s): %s", message_id, key, result)
+        return result
 
 
 def _claim(svc, key: str, fields: dict, now, dequeue_count: int) -> Claim:
@@ -169,61 +220,6 @@ def _claim(svc, key: str, fields: dict, now, dequeue_count: int) -> Claim:
             raise
         log.warning("command %s: storage refused key %r (%s); recorded as %s", fields["message_id"], key, exc, fallback)
         return svc.commands.claim(fallback, fields, LEASE, now, dequeue_count)
-
-
-def _handle(svc, body, problem, key: str, fields: dict, now, *, dequeue_count: int, actor: str) -> str:
-    message_id = fields["message_id"]
-    claim = _claim(svc, key, fields, now, dequeue_count)
-    key, state, record = claim.key, claim.state, claim.record
-    if state == "done":
-        log.info(
-            "command %s: duplicate of an earlier %s request (%s), not carried out again",
-            message_id,
-            record.get("status"),
-            key,
-        )
-        return f"duplicate: {key} was already {record.get('status')}"
-    if state == "busy":
-        if dequeue_count >= max_dequeue_count():
-            # Another message with this request_id is being carried out: that delivery owns the request
-            # (and is retried on its own if it fails), so this duplicate is done, not poisoned.
-            log.info("command %s: duplicate of %s, which another delivery is carrying out", message_id, key)
-            return f"duplicate: {key} is being carried out by another delivery"
-        raise RetryLater(f"{key} is being carried out by another delivery")
-    if problem is not None:
-        return _reject(svc, key, problem, fields, dequeue_count)
-    try:
-        result = _execute(svc, body, actor=actor, attempt=dequeue_count, max_attempts=max_dequeue_count())
-    except CommandRejected as exc:
-        return _reject(svc, key, exc, fields, dequeue_count)
-    except Exception as exc:  # a service, our storage (AzureError), or a bug: retried, then recorded
-        expected = isinstance(exc, (ServiceError, StaleError, AzureError))
-        reason = redact(str(exc) if expected else f"unexpected {type(exc).__name__}: {exc}")
-        if not expected:
-            log.exception("command %s (%s): unexpected error", message_id, key)
-        if dequeue_count >= max_dequeue_count():
-            final = f"gave up after {dequeue_count} deliveries: {reason}"
-            if body.get("type") == "deploy":  # the run must not stay Deploying: its targets failed
-                try:
-                    deploy.give_up(
-                        svc,
-                        pipeline_of(svc, body).name,
-                        body["run_id"],
-                        body.get("targets"),
-                        final,
-                        actor=actor,
-                        forced=bool(body.get("force")),
-                    )
-                except Exception:  # the command's own record comes first
-                    log.exception("command %s: could not record the failure on run %s", message_id, body["run_id"])
-            svc.commands.finish(key, FAILED, utcnow(), reason=final, deliveries=dequeue_count)
-            log.error("command %s (%s) failed for good, to the poison queue: %s", message_id, key, reason)
-        else:
-            svc.commands.release(key, utcnow(), reason)
-        raise
-    svc.commands.finish(key, DONE, utcnow(), result=result[:2000])
-    log.info("command %s (%s): %s", message_id, key, result)
-    return result
 
 
 def _loose_json(raw: bytes) -> object:
