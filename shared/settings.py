@@ -413,29 +413,37 @@ def storage_identity(env: Mapping[str, str], extra: tuple[str, ...] = ()) -> Sto
     return StorageIdentity(uris["blob"].rstrip("/"), uris["queue"].rstrip("/"), uris["table"].rstrip("/"), client_id)
 
 
+def named_entries(raw: str, setting: str, noun: str, name_re: re.Pattern, rule: str, *, required: bool = False):
+    """The entries of a JSON list setting of named objects (``DEPLOY_TARGETS``, ``PIPELINES``): each
+    as ``(name, entry)``, once its name is known to be valid and unique; the first problem, named."""
+    try:
+        items = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise SettingsError(setting, f"is not valid JSON ({exc.msg})") from None
+    if not isinstance(items, list) or (required and not items):
+        raise SettingsError(setting, f"must be a {'non-empty ' if required else ''}JSON list of {noun}s")
+    seen: set[str] = set()
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise SettingsError(setting, f"{noun} #{index + 1} is not an object")
+        name = item.get("name")
+        if not isinstance(name, str) or not name_re.fullmatch(name):
+            raise SettingsError(setting, f"{noun} #{index + 1} needs a name of {rule}")
+        if name in seen:
+            raise SettingsError(setting, f"{noun} {name!r} is named twice")
+        seen.add(name)
+        yield name, item
+
+
 def parse_targets(raw: str, env: Mapping[str, str], extra: tuple[str, ...] = ()) -> tuple[Target, ...]:
     """Parse ``DEPLOY_TARGETS``: a JSON list of named targets, each parsed strictly by its kind's module."""
     from shared import kinds
 
     name = "DEPLOY_TARGETS"
-    try:
-        items = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise SettingsError(name, f"is not valid JSON ({exc.msg})") from None
-    if not isinstance(items, list):
-        raise SettingsError(name, "must be a JSON list of targets")
     context = ParseContext(env, extra)
     targets: list[Target] = []
-    for index, item in enumerate(items):
-        where = f"target #{index + 1}"
-        if not isinstance(item, dict):
-            raise SettingsError(name, f"{where} is not an object")
-        target_name = item.get("name")
-        if not isinstance(target_name, str) or not _TARGET_RE.fullmatch(target_name):
-            raise SettingsError(name, f"{where} needs a name of letters, digits, '-' or '_'")
+    for target_name, item in named_entries(raw, name, "target", _TARGET_RE, "letters, digits, '-' or '_'"):
         where = f"target {target_name!r}"
-        if any(t.name == target_name for t in targets):
-            raise SettingsError(name, f"{where} is named twice")
         kind = item.get("kind")
         if kind not in kinds.TARGETS:
             raise SettingsError(name, f"{where} has unknown kind {kind!r} (expected one of {', '.join(kinds.TARGETS)})")
@@ -449,24 +457,11 @@ def parse_pipelines(raw: str, targets: tuple[Target, ...], context: ParseContext
     from shared import kinds
 
     name = "PIPELINES"
-    try:
-        items = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise SettingsError(name, f"is not valid JSON ({exc.msg})") from None
-    if not isinstance(items, list) or not items:
-        raise SettingsError(name, "must be a non-empty JSON list of pipelines")
     known = {t.name for t in targets}
     pipelines: list[Pipeline] = []
-    for index, item in enumerate(items):
-        where = f"pipeline #{index + 1}"
-        if not isinstance(item, dict):
-            raise SettingsError(name, f"{where} is not an object")
-        pipeline_name = item.get("name")
-        if not isinstance(pipeline_name, str) or not _PIPELINES_NAME_RE.fullmatch(pipeline_name):
-            raise SettingsError(name, f"{where} needs a name of 1-40 lowercase letters, digits and hyphens")
+    rule = "1-40 lowercase letters, digits and hyphens"
+    for pipeline_name, item in named_entries(raw, name, "pipeline", _PIPELINES_NAME_RE, rule, required=True):
         what = f"{name} pipeline {pipeline_name!r}"
-        if any(p.name == pipeline_name for p in pipelines):
-            raise fail(what, "is named twice")
         check_fields(item, what, {"name", "blob_prefix", "trainer", "targets", "gate", "schedule"}, {"name", "trainer"})
         prefix = context.text(item, "blob_prefix", what, "")
         if len(prefix) > 512 or _PREFIX_BAD.search(prefix):

@@ -314,7 +314,7 @@ def test_without_pipelines_the_flat_settings_are_the_one_pipeline():
         ("{}", "PIPELINES", "non-empty JSON list"),
         ([{"name": "Census"}], "PIPELINES", "pipeline #1 needs a name of 1-40 lowercase"),
         ([pipeline(extra=1)], "PIPELINES", "pipeline 'census': has unknown field(s) extra"),
-        ([pipeline(), pipeline()], "PIPELINES", "pipeline 'census': is named twice"),
+        ([pipeline(), pipeline()], "PIPELINES", "pipeline 'census' is named twice"),
         (
             [pipeline(), pipeline("churn")],
             "PIPELINES",
