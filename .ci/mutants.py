@@ -197,6 +197,21 @@ MUTANTS = [
         ),
     ),
     Mutant(
+        "healing the slot fails the upload that healed it",
+        "shared/slot.py",
+        "                except (ServiceError, RetryLater) as exc:  # the promoted run's failure is recorded on it",
+        "                except ZeroDivisionError as exc:",
+        ("tests/test_start_run.py::test_an_upload_that_heals_the_slot_is_not_failed_by_the_run_it_promotes",),
+    ),
+    Mutant(
+        "a failed delivery keeps its lease on the run it recorded",
+        "shared/workflow.py",
+        "            release(svc, run, actor)  # so the redelivery resumes it at once, "
+        "rather than wait out our lease\n",
+        "",
+        ("tests/test_start_run.py::test_a_delivery_that_fails_after_recording_its_run_gives_up_its_lease",),
+    ),
+    Mutant(
         "a resent rejected request id stays rejected",
         "shared/store.py",
         'if record["status"] == REJECTED and record.get("message_id") != fields.get("message_id"):',

@@ -220,14 +220,18 @@ def _time_out(svc, run: Run, actor: str, now: dt.datetime, state: str) -> Outcom
 
 
 def _end(svc, run: Run, actor: str, status: str, reason: str, **changes) -> Outcome:
+    ended = []
+
     def change(current: Run) -> bool:
+        ended.clear()
         if current.status != R.RUNNING:
             return False
         current.transition(status, by=actor, reason=reason, **changes)
+        ended.append(True)
         return True
 
     current = svc.store.update(run.pipeline, run.run_id, change)
-    if current.status == status:
+    if ended:  # this poll ended it (an overlapping one that found it ended already does nothing more)
         log.info("run %s: %s (%s)", run.run_id, status, reason)
         telemetry.count(
             "runs.failed" if status in (R.FAILED, R.TIMED_OUT) else f"runs.{status.lower()}",

@@ -12,7 +12,8 @@ import logging
 
 from shared import decisions
 from shared import runs as R
-from shared.runs import Outcome, Run
+from shared.http import ServiceError
+from shared.runs import Outcome, RetryLater, Run
 from shared.store import StaleError, retry_on_conflict
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,12 @@ def admit(svc, run: Run, actor: str, *, hold: bool = False) -> tuple[str, str | 
                 # (which starts the waiter it passes to), then decide again.
                 from shared.submission import advance_pipeline  # submission builds on this module
 
-                advance_pipeline(svc, run.pipeline, slot.active_run, actor)
+                try:
+                    advance_pipeline(svc, run.pipeline, slot.active_run, actor)
+                except (ServiceError, RetryLater) as exc:  # the promoted run's failure is recorded on it
+                    log.warning(
+                        "pipeline %s: the run promoted while healing the slot will retry: %s", run.pipeline, exc
+                    )
                 raise StaleError(run.pipeline)
             active_key = active.order_key
         choice = decisions.admission(

@@ -90,7 +90,27 @@ def start_run_for_blob(
             run = take_over(svc, pipeline.name, run.run_id, actor, now)
             if isinstance(run, Outcome):
                 return run
-        return admit_and_submit(svc, run, actor, hold=hold)
+        try:
+            return admit_and_submit(svc, run, actor, hold=hold)
+        except Exception:
+            release(svc, run, actor)  # so the redelivery resumes it at once, rather than wait out our lease
+            raise
+
+
+def release(svc: Services, run: Run, actor: str) -> None:
+    """Give up this invocation's lease on a run it failed to move on (best effort: a lease left behind
+    lapses by itself)."""
+
+    def change(current: Run) -> bool:
+        if current.lease_owner != actor or current.status not in (R.REQUESTED, R.SUBMITTED):
+            return False
+        current.lease_owner = current.lease_until = None
+        return True
+
+    try:
+        svc.store.update(run.pipeline, run.run_id, change)
+    except Exception:  # storage is failing too: the lease lapses by itself
+        log.warning("run %s: could not release its lease; it lapses in %s", run.run_id, LEASE)
 
 
 def _unrouted(svc: Services, blob: BlobRef, now: dt.datetime) -> Outcome:

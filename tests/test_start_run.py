@@ -345,3 +345,46 @@ def test_a_job_whose_submit_answer_was_lost_never_runs_and_the_retry_makes_the_o
     [orphan] = [j for j in jobs(fresh_emulator) if j["id"] != run.job_id]
     assert orphan["status"] == "NotStarted" and orphan["started"] is None
     assert [j["id"] for j in jobs(fresh_emulator) if j["started"]] == [run.job_id]
+
+
+def test_an_upload_that_heals_the_slot_is_not_failed_by_the_run_it_promotes(svc, fresh_emulator):
+    # Found by the chaos suite (seed 28): the slot still named a run that had ended (a crash between
+    # ending it and moving on); the next upload healed the slot by promoting the waiter, whose BES
+    # submit failed — and that failure escaped the upload's own delivery, leaving its run Requested
+    # with a dead invocation's lease, outside the slot, where nothing would ever move it on.
+    fresh_emulator.admin("POST", "config", {"job_seconds": 30})
+    ended = start(svc, upload(svc, "day-0.csv"))
+    waiter = start(svc, upload(svc, "day-1.csv"))
+    run = run_of(svc, ended.run_id)
+    run.transition(R.FAILED, by="test", reason="ended; the instance died before moving the slot on")
+    svc.store.save(run)
+    fresh_emulator.admin("POST", "faults", {"route": "bes.submit", "status": 503, "times": 4})
+    time.sleep(1.05)  # upload times have whole-second resolution
+    # WHEN a newer upload arrives: it heals the slot, and the waiter's submission fails (transient)
+    newer = start(svc, upload(svc, "day-2.csv"))
+    # THEN the upload itself is recorded and waits; the waiter holds the slot with its failure noted
+    assert newer.action == "waiting", newer
+    slot = svc.store.get_slot(svc.settings.pipeline)
+    assert (slot.active_run, slot.waiting_run) == (waiter.run_id, newer.run_id)
+    promoted = run_of(svc, waiter.run_id)
+    assert promoted.status == R.REQUESTED and promoted.lease_owner is None
+    assert "attempt 1 failed" in promoted.history[-1]["event"]
+
+
+def test_a_delivery_that_fails_after_recording_its_run_gives_up_its_lease(svc, fresh_emulator, monkeypatch):
+    # A mock, because the fault cannot be produced on demand: the pipeline's slot so contended that
+    # every conditional write of it lost (StaleError after the bounded retries).
+    from shared import slot
+
+    def contended(*args, **kwargs):
+        raise workflow.StaleError("pipeline default: slot: gave up after 20 conflicting updates")
+
+    blob = upload(svc, "census.csv")
+    monkeypatch.setattr(slot, "admit", contended)
+    with pytest.raises(workflow.StaleError):
+        start(svc, blob)
+    run = run_of(svc, R.run_id_for(svc.settings.pipeline, blob))
+    assert run.status == R.REQUESTED and run.lease_owner is None  # released, not held for ten minutes
+    monkeypatch.undo()
+    # WHEN the host delivers the blob again, at once: it resumes the run instead of waiting out a lease
+    assert start(svc, blob, actor="redelivery").action == "started"
