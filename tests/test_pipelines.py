@@ -266,3 +266,8 @@ def test_the_cli_shows_pipelines_and_sends_to_one(deployed, tmp_path, capsys):
     assert "finance/q4.csv" in capsys.readouterr().out
     assert cli.main(["send", "--settings", str(path), "retrain", "--pipeline", "churn", "--request-id", "r-9"]) == 0
     assert json.loads(capsys.readouterr().out)["queued"]["pipeline"] == "churn"
+    # check reaches each pipeline's own training service (with its own key) and shows what it would send
+    assert cli.main(["check", "--settings", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "pipeline census (bes trainer, uploads under 'census/')" in out and "pipeline churn (bes" in out
+    assert out.count("ok    BES: ") == 2 and "would send to BES for" in out
