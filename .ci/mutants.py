@@ -182,8 +182,8 @@ MUTANTS = [
     Mutant(
         "settings names matched with re.match (a final newline passes)",
         "shared/settings.py",
-        "not _TARGET_RE.fullmatch(target_name)",
-        "not _TARGET_RE.match(target_name)",
+        "not name_re.fullmatch(name)",
+        "not name_re.match(name)",
         ("tests/test_settings.py::test_a_trailing_newline_does_not_pass_a_name_pattern",),
     ),
     Mutant(
