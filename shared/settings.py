@@ -280,11 +280,11 @@ class Settings:
 
         http_timeout = number("HTTP_TIMEOUT_SECONDS", 30.0, 1, 300)
 
-        schedule = get("POLL_SCHEDULE", "0 */1 * * * *")
-        if len(schedule.split()) != 6:
+        poll_schedule = get("POLL_SCHEDULE", "0 */1 * * * *")
+        if len(poll_schedule.split()) != 6:
             raise SettingsError(
                 "POLL_SCHEDULE",
-                f"{schedule!r} is not an NCRONTAB expression with six fields (seconds first, e.g. '0 */1 * * * *')",
+                f"{poll_schedule!r} is not an NCRONTAB expression with six fields (seconds first, e.g. '0 */1 * * * *')",
             )
         queue = get("COMMANDS_QUEUE", "retraining-commands")
         if not _QUEUE_RE.fullmatch(queue):
@@ -349,7 +349,7 @@ class Settings:
             http_timeout_seconds=http_timeout,
             http_retries=integer("HTTP_RETRIES", 4, 0, 10),
             training_blob_source=source,
-            poll_schedule=schedule,
+            poll_schedule=poll_schedule,
             resubmit_failed_jobs=flag("RESUBMIT_FAILED_JOBS", False),
             gate_metric=gate.metric,
             gate_min=gate.min,

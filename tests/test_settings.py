@@ -392,3 +392,8 @@ def test_each_pipeline_schedule_is_a_timer_of_its_own():
     assert schedules({"RETRAIN_SCHEDULE": "0 0 4 * * *"}) == [("retrain_on_schedule", None, "0 0 4 * * *")]
     assert schedules({"PIPELINES": "{not json"}) == [] and schedules({}) == []
     assert json.loads(json.dumps(schedules(env)))  # plain values: they become binding metadata
+
+
+def test_the_poll_schedule_is_not_taken_for_the_retrain_schedule():
+    settings = Settings.from_env({**BASE, "POLL_SCHEDULE": "*/5 * * * * *", "RETRAIN_SCHEDULE": "0 0 3 * * *"})
+    assert (settings.poll_schedule, settings.retrain_schedule) == ("*/5 * * * * *", "0 0 3 * * *")
