@@ -284,7 +284,8 @@ class Settings:
         if len(poll_schedule.split()) != 6:
             raise SettingsError(
                 "POLL_SCHEDULE",
-                f"{poll_schedule!r} is not an NCRONTAB expression with six fields (seconds first, e.g. '0 */1 * * * *')",
+                f"{poll_schedule!r} is not an NCRONTAB expression with six fields "
+                "(seconds first, e.g. '0 */1 * * * *')",
             )
         queue = get("COMMANDS_QUEUE", "retraining-commands")
         if not _QUEUE_RE.fullmatch(queue):
