@@ -7,7 +7,9 @@ Retries come from ``urllib3.Retry`` (429/503/504 and dropped connections, expone
 
 from __future__ import annotations
 
+import re
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -126,6 +128,24 @@ def make_session(retries: int = 4, backoff: float = 0.5, max_retry_after: float 
     return session
 
 
+def no_answer(exc: requests.RequestException, url: str) -> str:
+    """One line for a request that got no answer: where to, and the innermost reason, not urllib3's
+    nested ``HTTPConnectionPool(...): Max retries exceeded ... <object at 0x...>`` text."""
+    where = urlsplit(url).netloc or url[:80]
+    if isinstance(exc, requests.Timeout):
+        return f"no answer from {where} in time ({type(exc).__name__})"
+    reason: BaseException = exc
+    for _ in range(5):  # requests wraps urllib3's MaxRetryError, which holds the socket's error
+        inner = getattr(reason, "reason", None) or (reason.args[0] if reason.args else None)
+        if not isinstance(inner, BaseException):
+            break
+        reason = inner
+    text = re.sub(r"<[^>]*>:\s*", "", str(reason))
+    errno = re.search(r"\[Errno -?\d+\]\s*([^)]+)", text)
+    text = errno.group(1) if errno else text.removeprefix("Failed to establish a new connection: ")
+    return f"cannot connect to {where}: {text[:200]}"
+
+
 def send(
     session: requests.Session,
     error_type: type[ServiceError],
@@ -144,7 +164,7 @@ def send(
         response = session.request(method, url, params=params, data=body, headers=headers, timeout=timeout)
     except requests.RequestException as exc:
         raise error_type(
-            f"{type(exc).__name__}: {redact(exc, *secrets)}",
+            redact(no_answer(exc, url), *secrets),
             operation=operation,
             code="ConnectionError",
             transient=True,
