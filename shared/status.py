@@ -138,26 +138,30 @@ def get_run(svc, run_id: str, pipeline: str | None = None) -> dict[str, Any] | N
 
 
 def list_targets(svc, pipeline: str | None = None) -> list[dict[str, Any]]:
-    """What is live on each target (of ``pipeline``, if named), judged by its pipeline's metric."""
+    """What is live on each target (of ``pipeline``, if named), judged by its pipeline's metric: every
+    configured target, and every target with recorded state that is no longer configured (``note``)."""
+    recorded = {state.name: state for state in svc.targets.recorded()}
+    configured = {target.name: target for target in svc.settings.targets}
     views = []
-    for target in svc.settings.targets:
-        owner = svc.settings.pipeline_of_target(target.name)
+    for name in [*configured, *sorted(set(recorded) - set(configured))]:
+        target, state = configured.get(name), recorded.get(name)
+        owner = svc.settings.pipeline_of_target(name)
         if pipeline is not None and (owner is None or owner.name != pipeline):
             continue
         metric = owner.gate.metric if owner else "AUC"
-        state = svc.targets.peek(target.name)
         views.append(
             {
-                "name": target.name,
-                "kind": target.kind,
+                "name": name,
+                "kind": target.kind if target else None,
                 "pipeline": owner.name if owner else None,
-                "address": target.address,
+                "address": target.address if target else None,
                 "live_run": state.live_run if state else None,
                 "live_model": state.live_model if state else None,
                 "since": _iso(state.since) if state else None,
                 "previous_run": state.previous_run if state else None,
                 "metric": {"name": metric, "value": gate.metric(state.live_metrics if state else None, metric)},
                 "deploying_run": state.deploying_run if state else None,
+                "note": None if target and state else "never deployed to" if target else "not in DEPLOY_TARGETS",
             }
         )
     return views

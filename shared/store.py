@@ -14,6 +14,7 @@ import contextlib
 import copy
 import datetime as dt
 import hashlib
+import itertools
 import json
 import re
 from collections.abc import Callable, Iterator
@@ -334,6 +335,8 @@ class RunStore:
                 runs = [run_from_entity(e) for e in page]
                 if runs or pages.continuation_token is None:
                     break
+        except ResourceNotFoundError:
+            return [], None  # the table does not exist yet: no runs yet
         except HttpResponseError as exc:
             if token is not None and exc.status_code is not None and 400 <= exc.status_code < 500:
                 raise ValueError("storage refused the cursor") from None  # an outage stays an outage
@@ -353,7 +356,7 @@ class RunStore:
     def slots(self) -> list[PipelineSlot]:
         """Every pipeline's slot: the poll's index of active work (one small partition, never history)."""
         query = "PartitionKey eq @pk"
-        return [_slot(e) for e in self.table.query_entities(query, parameters={"pk": PIPELINES_PARTITION})]
+        return [_slot(e) for e in rows(self.table.query_entities(query, parameters={"pk": PIPELINES_PARTITION}))]
 
     def update_slot(self, pipeline: str, change: Callable[[PipelineSlot], bool]) -> PipelineSlot:
         """Read-modify-write a slot until it sticks; ``change`` returns whether to save."""
@@ -415,7 +418,16 @@ class RunStore:
         """Uploads no pipeline claimed, newest first."""
         query = "PartitionKey eq @pk"
         pages = self.table.query_entities(query, parameters={"pk": UNROUTED_PARTITION}, results_per_page=limit)
-        return [dict(e) for e in next(iter(pages.by_page()), [])]
+        return [dict(e) for e in rows(e for page in itertools.islice(pages.by_page(), 1) for e in page)]
+
+
+def rows(entities) -> list:
+    """A query's entities; none before the table exists (a query's only 404), so that reading tools and
+    the page on a fresh account say "no runs yet" rather than fail. Writers create the table first."""
+    try:
+        return list(entities)
+    except ResourceNotFoundError:
+        return []
 
 
 def _slot(entity) -> PipelineSlot:
@@ -500,6 +512,14 @@ class TargetStore:
             return TargetState.from_entity(self.table.get_entity(TARGETS_PARTITION, name))
         except ResourceNotFoundError:
             return None
+
+    def recorded(self) -> list[TargetState]:
+        """Every target with a recorded state (one partition query; none before the table exists)."""
+        query = "PartitionKey eq @pk"
+        return [
+            TargetState.from_entity(e)
+            for e in rows(self.table.query_entities(query, parameters={"pk": TARGETS_PARTITION}))
+        ]
 
     def save(self, state: TargetState) -> TargetState:
         """Replace the state if nobody changed it since it was read (insert it if it was never stored)."""
@@ -664,5 +684,5 @@ class CommandLog:
 
     def list(self, status: str | None = None) -> list[dict]:
         query = "PartitionKey eq @pk" + (" and status eq @status" if status else "")
-        entities = self.table.query_entities(query, parameters={"pk": COMMANDS_PARTITION, "status": status})
+        entities = rows(self.table.query_entities(query, parameters={"pk": COMMANDS_PARTITION, "status": status}))
         return sorted((dict(e) for e in entities), key=lambda e: e.get("received_at") or dt.datetime.min)
