@@ -83,6 +83,7 @@ class ParseContext:
     env: Mapping[str, str]
     extra_hosts: tuple[str, ...] = ()
     defaults: Mapping[str, Any] = field(default_factory=dict)
+    for_reading: bool = False  # a tool that only reads state: keys it will never use may be absent
 
     def url(self, raw: object, what: str, kind: str) -> str:
         if not isinstance(raw, str):
@@ -103,9 +104,11 @@ class ParseContext:
         setting = self.text(fields, "api_key_setting", what)
         if setting is not None:
             key = (self.env.get(setting) or "").strip()
-            if not key:
+            if not key and not self.for_reading:
                 raise SettingsError(setting, f"is required by {what} but not set")
         if not key:
+            if self.for_reading:
+                return ""
             raise fail(what, "needs api_key or api_key_setting")
         if key.startswith("@Microsoft.KeyVault("):
             raise fail(what, "the API key is an unresolved Key Vault reference")
@@ -173,8 +176,11 @@ class Settings:
         return next((p for p in self.pipelines if name in p.targets), None)
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        """Read and validate settings; raise :class:`SettingsError` naming the first bad one."""
+    def from_env(cls, env: Mapping[str, str] | None = None, *, for_reading: bool = False) -> Settings:
+        """Read and validate settings; raise :class:`SettingsError` naming the first bad one.
+
+        ``for_reading``: for tools that only read the app's state (``runs``, ``targets``, the page): the
+        flat trainer's URL and the keys may be absent, since nothing will call those services."""
         env = os.environ if env is None else env
 
         def get(name: str, default: str | None = None) -> str:
@@ -308,9 +314,9 @@ class Settings:
             raise SettingsError("BES_EVALUATION_OUTPUT", "must differ from BES_MODEL_OUTPUT")
 
         # With PIPELINES, each pipeline names its own training service: the flat one is optional.
-        flat_url = get("BES_JOBS_URL", "" if configured else None)
-        flat_key = get("BES_API_KEY", "" if configured else None)
-        targets = parse_targets(get("DEPLOY_TARGETS", "[]"), env, extra)
+        flat_url = get("BES_JOBS_URL", "" if configured or for_reading else None)
+        flat_key = get("BES_API_KEY", "" if configured or for_reading else None)
+        targets = parse_targets(get("DEPLOY_TARGETS", "[]"), env, extra, for_reading=for_reading)
         gate = Gate(
             get("GATE_METRIC", "AUC"),
             number("GATE_MIN", None, -1e9, 1e9),
@@ -322,13 +328,13 @@ class Settings:
             "evaluation_output": outputs["BES_EVALUATION_OUTPUT"],
             "global_parameters": params,
         }
-        context = ParseContext(env, extra, {"bes": bes_defaults, "gate": gate})
+        context = ParseContext(env, extra, {"bes": bes_defaults, "gate": gate}, for_reading)
         if configured:
             pipelines = parse_pipelines(configured, targets, context)
         else:
             from shared.bes import BesConfig
 
-            trainer = BesConfig(jobs_url(flat_url, extra=extra), flat_key, **bes_defaults)
+            trainer = BesConfig(jobs_url(flat_url, extra=extra) if flat_url else "", flat_key, **bes_defaults)
             schedule = retrain_schedule(env, strict=True)
             pipelines = (Pipeline(pipeline, "", trainer, tuple(t.name for t in targets), gate, schedule),)
 
@@ -436,12 +442,14 @@ def named_entries(raw: str, setting: str, noun: str, name_re: re.Pattern, rule: 
         yield name, item
 
 
-def parse_targets(raw: str, env: Mapping[str, str], extra: tuple[str, ...] = ()) -> tuple[Target, ...]:
+def parse_targets(
+    raw: str, env: Mapping[str, str], extra: tuple[str, ...] = (), *, for_reading: bool = False
+) -> tuple[Target, ...]:
     """Parse ``DEPLOY_TARGETS``: a JSON list of named targets, each parsed strictly by its kind's module."""
     from shared import kinds
 
     name = "DEPLOY_TARGETS"
-    context = ParseContext(env, extra)
+    context = ParseContext(env, extra, for_reading=for_reading)
     targets: list[Target] = []
     for target_name, item in named_entries(raw, name, "target", _TARGET_RE, "letters, digits, '-' or '_'"):
         where = f"target {target_name!r}"
