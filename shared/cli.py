@@ -22,16 +22,36 @@ from collections.abc import Mapping
 from shared.redact import redact, shown
 
 
+class UserError(Exception):
+    """Something the user can put right, said in one line (exit code 2, no traceback)."""
+
+
+LOCAL_SETTINGS = "local.settings.json"
+SETTINGS_HELP = f"a {LOCAL_SETTINGS}-style file (default: the environment, or ./{LOCAL_SETTINGS} if it has no storage)"
+
+
 def load_settings_values(path: str | None) -> Mapping[str, str]:
-    """App settings from a ``local.settings.json``-style file (its ``Values``), or the environment."""
+    """App settings from a ``local.settings.json``-style file (its ``Values``), or the environment; with
+    neither ``--settings`` nor storage in the environment, ``./local.settings.json`` (as ``func`` reads it)."""
     if path is None:
-        return os.environ
-    with open(path, encoding="utf-8") as handle:
-        data = json.load(handle)
+        has_storage = any(k == "AzureWebJobsStorage" or k.startswith("AzureWebJobsStorage__") for k in os.environ)
+        if has_storage or not os.path.isfile(LOCAL_SETTINGS):
+            return os.environ
+        path = LOCAL_SETTINGS
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except FileNotFoundError:
+        raise UserError(f"settings file {path} not found") from None
+    except OSError as exc:
+        raise UserError(f"settings file {path}: {exc.strerror}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        where = f" (line {exc.lineno}: {exc.msg})" if isinstance(exc, json.JSONDecodeError) else ""
+        raise UserError(f"settings file {path} is not valid JSON{where}") from None
     values = data.get("Values", data) if isinstance(data, dict) else None
     if not isinstance(values, dict):
-        raise SystemExit(f"{path}: expected a JSON object with a 'Values' object")
-    return {str(k): str(v) for k, v in values.items()}
+        raise UserError(f"settings file {path}: expected a JSON object with a 'Values' object")
+    return {str(k): "" if v is None else str(v) for k, v in values.items()}
 
 
 # --- send ------------------------------------------------------------------------------------------
@@ -139,8 +159,8 @@ def check(args: argparse.Namespace) -> int:
     from shared.workflow import build_services
 
     for name in ("IDENTITY_ENDPOINT", "IDENTITY_HEADER", "AZURE_CLIENT_ID"):
-        if values.get(name) and not os.environ.get(name):
-            os.environ[name] = values[name]  # azure-identity reads these from the environment
+        if values is not os.environ and values.get(name):
+            os.environ[name] = values[name]  # azure-identity reads these from the environment; the file wins
     svc = build_services(settings, create=False)
     _check_storage(svc, report)
     for pipeline in settings.pipelines:
@@ -165,6 +185,8 @@ def _check_storage(svc, report: Report) -> None:
 
 
 def _check_trainer(svc, pipeline, report: Report) -> None:
+    from azure.core.exceptions import ResourceNotFoundError
+
     from shared.http import ServiceError
     from shared.runs import Run, utcnow
     from shared.workflow import NothingToTrain, newest_training_blob
@@ -181,6 +203,9 @@ def _check_trainer(svc, pipeline, report: Report) -> None:
         blob = svc.storage.blob_ref(svc.settings.training_container, newest_training_blob(svc, pipeline))
     except NothingToTrain as exc:
         report.ok("submit request", f"not shown: {exc}")
+        return
+    except ResourceNotFoundError:
+        report.ok("submit request", f"not shown: container {svc.settings.training_container} does not exist yet")
         return
     run = Run.for_blob(pipeline.name, blob, "check", "check", utcnow())
     report.show(*trainer.preview(run, utcnow()))  # computed locally: SAS tokens are signed, not requested
@@ -205,14 +230,49 @@ def _check_target(svc, target, report: Report) -> None:
         report.fail(target.name, str(exc))
 
 
+# --- upload ----------------------------------------------------------------------------------------
+
+
+def upload_command(args: argparse.Namespace) -> int:
+    """Put a file in the training container, streamed (memory does not grow with the file); with
+    several pipelines, under the named pipeline's prefix, and say which pipeline the name routes to."""
+    svc = _read_services(args)
+    settings = svc.settings
+    chosen = settings.pipeline_named(args.pipeline) if args.pipeline else None
+    if args.pipeline and chosen is None:
+        names = ", ".join(p.name for p in settings.pipelines)
+        raise UserError(f"no pipeline {shown(args.pipeline)!r} (configured: {names})")
+    name = args.name or (chosen.blob_prefix if chosen else "") + os.path.basename(args.file)
+    owner = settings.route(name)
+    if chosen is not None and owner is not chosen:
+        belongs = owner.name if owner else "(none)"
+        raise UserError(f"{shown(name)!r} would belong to pipeline {belongs}, not {chosen.name}")
+    try:
+        handle = open(args.file, "rb")  # noqa: SIM115 - closed below, after the upload
+    except OSError as exc:
+        raise UserError(f"cannot read {args.file}: {exc.strerror}") from None
+    with handle:
+        svc.storage.ensure_container(settings.training_container)
+        blob = svc.storage.blobs.get_blob_client(settings.training_container, name)
+        blob.upload_blob(handle, overwrite=True)
+    size = os.path.getsize(args.file)
+    print(f"uploaded {settings.training_container}/{shown(name)} ({size} bytes)")
+    if owner is None:
+        print("no pipeline claims this name: it will be recorded, and nothing starts (see `unrouted`)")
+    else:
+        print(f"pipeline {owner.name} retrains on it; follow with: python -m shared runs --pipeline {owner.name}")
+    return 0
+
+
 # --- runs and targets ------------------------------------------------------------------------------
 
 
 def _read_services(args: argparse.Namespace):
+    """Clients for a tool that only reads state: it needs storage, not the services' keys."""
     from shared.settings import Settings
     from shared.workflow import build_services
 
-    return build_services(Settings.from_env(load_settings_values(args.settings)), create=False)
+    return build_services(Settings.from_env(load_settings_values(args.settings), for_reading=True), create=False)
 
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
@@ -259,7 +319,7 @@ def runs_command(args: argparse.Namespace) -> int:
             ],
         )
         if rows
-        else "no runs"
+        else "no runs yet"
     )
     if page["next_cursor"]:
         print(f"more: --cursor {page['next_cursor']}")
@@ -310,17 +370,18 @@ def targets_command(args: argparse.Namespace) -> int:
     rows = [
         [
             t["name"],
-            t["kind"],
+            t["kind"] or "-",
             t["pipeline"] or "-",
             t["live_run"] or "-",
             "-" if t["metric"]["value"] is None else f"{t['metric']['value']:.4f}",
             (t["since"] or "-")[:19],
             t["previous_run"] or "-",
+            t["note"] or "",
         ]
         for t in targets
     ]
     print(
-        _table(rows, ["target", "kind", "pipeline", "live run", "metric", "since (UTC)", "replaced"])
+        _table(rows, ["target", "kind", "pipeline", "live run", "metric", "since (UTC)", "replaced", "note"])
         if rows
         else "no targets"
     )
@@ -361,7 +422,7 @@ def unrouted_command(args: argparse.Namespace) -> int:
         print(json.dumps(uploads, indent=2, default=str))
         return 0
     rows = [[u["blob"], (u["recorded_at"] or "")[:19], u["reason"]] for u in uploads]
-    print(_table(rows, ["training data", "recorded (UTC)", "why nothing started"]) if rows else "none")
+    print(_table(rows, ["training data", "recorded (UTC)", "why nothing started"]) if rows else "no unrouted uploads")
     return 0
 
 
@@ -404,11 +465,10 @@ def tail_command(args: argparse.Namespace) -> int:
 
 def command_log(args: argparse.Namespace) -> int:
     """Print the command log (newest last), e.g. every rejected message with its reason."""
-    from shared.settings import Settings
-    from shared.workflow import build_services
-
-    svc = build_services(Settings.from_env(load_settings_values(args.settings)), create=False)
-    for entry in svc.commands.list(args.status):
+    entries = _read_services(args).commands.list(args.status)
+    if not entries:
+        print("no commands received" + (f" with status {args.status}" if args.status else ""))
+    for entry in entries:
         print(
             json.dumps(
                 {
@@ -434,22 +494,34 @@ def command_log(args: argparse.Namespace) -> int:
 # --- entry point -------------------------------------------------------------------------------------
 
 
-def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="python -m shared", description=__doc__.splitlines()[0])
-    sub = top.add_subparsers(dest="action", required=True)
+def _options(*, send: bool = False) -> argparse.ArgumentParser:
+    """Options every command takes, in any position (before or after the sub-command): each parser
+    gets them, and ``SUPPRESS`` keeps a later parser from resetting what an earlier one read."""
+    common = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
+    common.add_argument("--settings", help=SETTINGS_HELP)
+    common.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    if send:
+        common.add_argument("--connection-string", help="storage connection string (default: AzureWebJobsStorage)")
+        common.add_argument("--account-url", help="queue service URL, to send with an Azure AD identity instead")
+        common.add_argument("--queue", help="queue name (default: COMMANDS_QUEUE or retraining-commands)")
+    return common
 
-    send_parser = sub.add_parser("send", help="put a command on the commands queue (validated first)")
-    send_parser.add_argument("--settings", help="a local.settings.json-style file (default: the environment)")
-    send_parser.add_argument("--connection-string", help="storage connection string (default: AzureWebJobsStorage)")
-    send_parser.add_argument("--account-url", help="queue service URL, to send with an Azure AD identity instead")
-    send_parser.add_argument("--queue", help="queue name (default: COMMANDS_QUEUE or retraining-commands)")
-    kinds = send_parser.add_subparsers(dest="command", required=True)
+
+def parser() -> argparse.ArgumentParser:
+    common, sending = _options(), _options(send=True)
+    top = argparse.ArgumentParser(prog="python -m shared", description=__doc__.splitlines()[0], parents=[common])
+    sub = top.add_subparsers(dest="action", required=True, metavar="command")
+
+    send_parser = sub.add_parser(
+        "send", help="put a command on the commands queue (validated first)", parents=[sending]
+    )
+    kinds = send_parser.add_subparsers(dest="command", required=True, metavar="type")
     for name, text in (
         ("retrain", "retrain on a blob of the training container (default: the newest)"),
         ("deploy", "deploy a finished run"),
         ("rollback", "put an earlier model back on a target"),
     ):
-        kind = kinds.add_parser(name, help=text)
+        kind = kinds.add_parser(name, help=text, parents=[sending])
         kind.add_argument("--request-id", help="the same id twice is carried out once (default: a new one)")
         kind.add_argument("--pipeline", help="the pipeline it is for (required when several are configured)")
         kind.add_argument("--reason", help="why (recorded; required with --force)")
@@ -464,12 +536,14 @@ def parser() -> argparse.ArgumentParser:
             kind.add_argument("--to-run", help="the run whose model to put back (default: the one replaced)")
 
     def reader(name: str, text: str, pipeline: bool = True) -> argparse.ArgumentParser:
-        command = sub.add_parser(name, help=text)
-        command.add_argument("--settings", help="a local.settings.json-style file (default: the environment)")
+        command = sub.add_parser(name, help=text, parents=[common])
         if pipeline:
             command.add_argument("--pipeline", help="one pipeline (required for runs when several are configured)")
         return command
 
+    upload_parser = reader("upload", "put a file in the training container (the blob trigger starts a run)")
+    upload_parser.add_argument("file", help="the training data, e.g. a .csv")
+    upload_parser.add_argument("--name", help="blob name (default: the file's name, under the pipeline's prefix)")
     runs_parser = reader("runs", "list runs, newest first")
     runs_parser.add_argument("--status", help="only runs in this status (e.g. Rejected)")
     runs_parser.add_argument("--limit", type=int, default=20)
@@ -491,28 +565,65 @@ def parser() -> argparse.ArgumentParser:
     unrouted_parser = reader("unrouted", "uploads no pipeline claims, and why", False)
     unrouted_parser.add_argument("--limit", type=int, default=50)
     unrouted_parser.add_argument("--json", action="store_true")
-
-    log_parser = sub.add_parser("commands", help="list received commands (e.g. --status Rejected)")
-    log_parser.add_argument("--settings", help="a local.settings.json-style file (default: the environment)")
+    log_parser = reader("commands", "list received commands (e.g. --status Rejected)", False)
     log_parser.add_argument("--status", choices=["Done", "Rejected", "Failed", "InProgress"])
-
-    check_parser = sub.add_parser("check", help="validate settings and reach every service (changes nothing)")
-    check_parser.add_argument("--settings", help="a local.settings.json-style file (default: the environment)")
+    check_parser = reader("check", "validate settings and reach every service (changes nothing)", False)
     check_parser.add_argument("--offline", action="store_true", help="only validate the settings")
     return top
 
 
+ACTIONS = {
+    "send": send,
+    "check": check,
+    "upload": upload_command,
+    "commands": command_log,
+    "runs": runs_command,
+    "run": run_command,
+    "targets": targets_command,
+    "tail": tail_command,
+    "pipelines": pipelines_command,
+    "unrouted": unrouted_command,
+}
+ONE_RUN = ("run", "tail")  # the rest list things: "nothing yet" is their answer, not a failure
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. A user error is one line and exit code 2, a service that cannot be reached one
+    line and exit code 1; ``--debug`` shows the traceback instead."""
     args = parser().parse_args(argv)
-    actions = {
-        "send": send,
-        "check": check,
-        "commands": command_log,
-        "runs": runs_command,
-        "run": run_command,
-        "targets": targets_command,
-        "tail": tail_command,
-        "pipelines": pipelines_command,
-        "unrouted": unrouted_command,
-    }
-    return actions[args.action](args)
+    for option in ("settings", "connection_string", "account_url", "queue"):
+        setattr(args, option, getattr(args, option, None))
+    debug = getattr(args, "debug", False)
+    try:
+        return ACTIONS[args.action](args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        if debug:
+            raise
+        code, message = explain(exc, args)
+        print(message if code == 0 else f"error: {message}", file=sys.stdout if code == 0 else sys.stderr)
+        return code
+
+
+def explain(exc: Exception, args: argparse.Namespace) -> tuple[int, str]:
+    """An exit code and one line for what went wrong (redacted: an error may quote a setting)."""
+    from azure.core.exceptions import ClientAuthenticationError, ResourceNotFoundError, ServiceRequestError
+
+    from shared.http import ServiceError
+    from shared.settings import SettingsError
+
+    if isinstance(exc, (UserError, SettingsError)):
+        return 2, redact(str(exc))
+    if isinstance(exc, ResourceNotFoundError) and exc.error_code in ("TableNotFound", "ContainerNotFound"):
+        what = "the runs table" if exc.error_code == "TableNotFound" else "the training container"
+        if args.action in ONE_RUN:
+            return 1, f"no run {shown(args.run_id)}: no runs yet ({what} does not exist yet)"
+        return 0, f"no runs yet ({what} does not exist yet; the app creates it when it starts)"
+    if isinstance(exc, ServiceRequestError):
+        return 1, f"cannot reach storage: {redact(str(exc).splitlines()[0])[:200]} (is Azurite running? ./dev.sh up)"
+    if isinstance(exc, ClientAuthenticationError):
+        return 1, f"storage refused the credentials: {redact(str(exc).splitlines()[0])[:200]}"
+    if isinstance(exc, ServiceError):
+        return 1, str(exc)
+    return 1, f"{type(exc).__name__}: {redact(str(exc).splitlines()[0] if str(exc) else '')[:300]} (--debug shows more)"
