@@ -2,6 +2,8 @@
 # One entry point that works on a fresh machine: it installs what it needs (a Python virtual
 # environment from requirements-dev.txt, Azurite from package-lock.json), then runs the command.
 #   ./dev.sh demo       the main job, locally, on embedded defaults (Azurite + the Azure ML emulator)
+#   ./dev.sh up         a local setup that stays up: Azurite, the emulator and the app's functions on fixed
+#                       ports, writing local.settings.json for the CLI and func start (python -m localdev.up --help)
 #   ./dev.sh test       the test suite (starts its own Azurite and emulator on free ports)
 #   ./dev.sh lint       ruff
 #   ./dev.sh emulator   the Azure ML emulator alone (python -m emulator --help)
@@ -44,10 +46,11 @@ command="${1:-}"
 [ $# -gt 0 ] && shift
 case "$command" in
   demo) setup; exec .venv/bin/python -m localdev.demo "$@" ;;
+  up) setup; exec .venv/bin/python -m localdev.up "$@" ;;
   test) setup; browser; exec .venv/bin/python -m pytest "$@" ;;
   lint) setup; .venv/bin/ruff check . && .venv/bin/ruff format --check . ;;
   emulator) setup; exec .venv/bin/python -m emulator "$@" ;;
   bench) setup; exec .venv/bin/python -m bench "$@" ;;
   mutants) setup; exec .venv/bin/python .ci/mutants.py "$@" ;;
-  *) echo "usage: ./dev.sh demo|test|lint|emulator|bench|mutants [args]" >&2; exit 2 ;;
+  *) echo "usage: ./dev.sh demo|up|test|lint|emulator|bench|mutants [args]" >&2; exit 2 ;;
 esac

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from localdev.runner import LocalHost
-from localdev.services import Azurite, EmulatorProcess
+from localdev.services import Azurite, EmulatorProcess, stop_on_sigterm
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "emulator" / "data" / "sample-training.csv"
@@ -52,6 +52,15 @@ def scores(emulator: EmulatorProcess, api_key: str) -> dict[str, list[float]]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    with stop_on_sigterm():  # a terminated demo still stops Azurite and the emulator, and cleans up
+        try:
+            return demo(argv)
+        except KeyboardInterrupt:
+            say("\nStopped.")
+            return 130
+
+
+def demo(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(prog="python -m localdev.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--job-seconds", type=float, default=2.0, help="how long each emulated BES job runs")
     parser.add_argument("--timeout", type=float, default=120.0, help="give up on a run after this many seconds")
@@ -222,7 +231,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def keep_open(args, host, base: str, function_key: str) -> None:
-    if args.keep_open:
+    if not args.keep_open:
+        say("\nDone; everything it started is stopped. To keep the page up: ./dev.sh demo --keep-open;")
+        say("to run the app yourself: ./dev.sh up (see the README's 'Run it yourself').")
+    else:
         say(f"\nStill serving; status page: {base}/api/status?code={function_key}  (Ctrl-C to stop)")
         with contextlib.suppress(KeyboardInterrupt):
             while True:

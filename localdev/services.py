@@ -5,9 +5,11 @@ Used by the tests and by the local main job; never deployed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -52,6 +54,21 @@ def _stop(process: subprocess.Popen | None) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@contextlib.contextmanager
+def stop_on_sigterm():
+    """Treat SIGTERM as Ctrl-C while inside, so a terminated demo or setup still stops its children
+    and removes its temporary folders (the default SIGTERM action skips every ``finally``)."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def azurite_binary() -> str:
