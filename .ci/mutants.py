@@ -332,6 +332,56 @@ MUTANTS = [
         "recorded = self.created_at.astimezone(dt.timezone.utc)",
         ("tests/test_hostile.py::test_two_uploads_in_one_second_are_ordered_by_storage_not_by_a_skewed_clock",),
     ),
+    Mutant(
+        "reads before the table exists fail instead of being empty",
+        "shared/store.py",
+        """    except ResourceNotFoundError:
+        return []
+
+
+def _slot(""",
+        """    except ResourceNotFoundError:
+        raise
+
+
+def _slot(""",
+        ("tests/test_operations.py::test_a_listing_on_a_setup_where_nothing_exists_yet_says_so_and_succeeds",),
+    ),
+    Mutant(
+        "reading tools demand the training service's key",
+        "shared/settings.py",
+        'flat_key = get("BES_API_KEY", "" if configured or for_reading else None)',
+        'flat_key = get("BES_API_KEY", "" if configured else None)',
+        ("tests/test_operations.py::test_reading_commands_need_storage_not_the_training_services_keys",),
+    ),
+    Mutant(
+        "the CLI shows a traceback for a user error",
+        "shared/cli.py",
+        "        if debug:\n            raise",
+        "        if True:\n            raise",
+        ("tests/test_operations.py::test_a_bad_or_missing_settings_file_is_one_line_and_exit_code_2",),
+    ),
+    Mutant(
+        "an option before the sub-command is reset by the sub-command's parser",
+        "shared/cli.py",
+        "common = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)",
+        "common = argparse.ArgumentParser(add_help=False)",
+        ("tests/test_operations.py::test_options_work_before_and_after_the_sub_command",),
+    ),
+    Mutant(
+        "./dev.sh up overwrites a settings file it did not write",
+        "localdev/up.py",
+        "        if not ours:\n            raise SetupError",
+        "        if False:\n            raise SetupError",
+        ("tests/test_operations.py::test_up_never_overwrites_a_settings_file_it_did_not_write",),
+    ),
+    Mutant(
+        "SIGTERM skips the cleanup of Azurite and the emulator",
+        "localdev/services.py",
+        "previous = signal.signal(signal.SIGTERM, interrupt)",
+        "previous = signal.getsignal(signal.SIGTERM)",
+        ("tests/test_operations.py::test_up_runs_the_loop_for_the_cli_until_sigterm_and_then_leaves_nothing_behind",),
+    ),
 ]
 
 
