@@ -60,6 +60,7 @@ def create(
     """
     emulator = Emulator()
     bes = BatchExecutionService(emulator)
+    bes.workspace_storage = storage_connection_string
     classic = ClassicManagement(emulator)
     identity = Identity(emulator, identity_header or secrets.token_urlsafe(24))
     arm = ArmWebServices(emulator, identity)
@@ -87,6 +88,7 @@ def create(
         classic.add(web)
         arm.services.clear()
         arm.operations.clear()
+        arm.storage_connection_string = storage_connection_string
         if storage_connection_string:
             seed_arm(
                 arm,

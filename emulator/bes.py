@@ -1,11 +1,13 @@
 """The Batch Execution Service (api-version 2.0) of a classic *training* web service.
 
 Strict where the protocol reference is silent (see ``docs/protocol.md``): PascalCase keys only,
-``api-version=2.0`` required, outputs required, the input blob must exist at submit.
+``api-version=2.0`` required, a local input blob must exist at submit. Without ``Outputs`` (absent or
+null: they are optional) the outputs go to the workspace's default storage under random names.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hmac
 import threading
@@ -77,6 +79,7 @@ class BatchExecutionService:
         self.emulator = emulator
         self.services: dict[tuple[str, str], TrainingService] = {}
         self.jobs: dict[str, Job] = {}
+        self.workspace_storage: str | None = None  # connection string of the workspace's default storage
         jobs = r"/workspaces/(?P<ws>[^/]+)/services/(?P<svc>[^/]+)/jobs"
         # New (ARM) web services: same operations under /subscriptions/{sub}/services/{id} (inferred).
         arm_jobs = r"/subscriptions/(?P<ws>[^/]+)/services/(?P<svc>[^/]+)/jobs"
@@ -157,7 +160,10 @@ class BatchExecutionService:
         missing = [name for name in service.inputs if name not in raw_inputs]
         if missing:
             raise _bad("BatchJobInputsNotSpecified", f"Missing input(s): {', '.join(missing)}.")
+        job_id = uuid.uuid4().hex
         raw_outputs = body.get("Outputs")
+        if raw_outputs is None:
+            raw_outputs = self._default_outputs(service, job_id)
         if not isinstance(raw_outputs, dict) or not raw_outputs:
             raise _bad(
                 "MissingOutputOverrideSpecification", "Outputs must name a blob location for every web service output."
@@ -185,11 +191,33 @@ class BatchExecutionService:
                 raise _bad("ExpiryTimeInThePast", f"The SAS token of {ref.relative_location} has expired.")
         parameters = _parameters(body.get("GlobalParameters"), service)
         for ref in inputs.values():
-            _check_readable(ref)
+            if ref.is_local():  # elsewhere the job fails when it reads, as a real one would
+                _check_readable(ref)
 
-        job = Job(uuid.uuid4().hex, service, inputs, outputs, parameters, request=body)
+        job = Job(job_id, service, inputs, outputs, parameters, request=body)
         self.jobs[job.id] = job
         return Response(200, f'"{job.id}"')
+
+    def _default_outputs(self, service: TrainingService, job_id: str) -> dict:
+        """Where outputs go without overrides: the workspace's storage, under names of its choosing."""
+        if not self.workspace_storage:
+            raise _bad(
+                "MissingOutputOverrideSpecification",
+                "Outputs are required: this emulator has no workspace storage (--storage-connection-string).",
+            )
+        from azure.core.exceptions import ResourceExistsError
+        from azure.storage.blob import BlobServiceClient
+
+        with contextlib.suppress(ResourceExistsError):
+            BlobServiceClient.from_connection_string(self.workspace_storage).create_container("experimentoutput")
+        return {
+            name: {
+                "ConnectionString": self.workspace_storage,
+                "RelativeLocation": f"experimentoutput/{job_id}/{name}"
+                + (".ilearner" if service.kind_of(name) == "model" else ".csv"),
+            }
+            for name in service.outputs
+        }
 
     def start(self, request: Request) -> Response:
         service = self._service(request)
@@ -242,6 +270,12 @@ class BatchExecutionService:
                 signature = unquote((parse_qs((source.sas_token or "").lstrip("?")).get("sig") or [""])[0])
                 text = injected_failure.replace("{input_url}", url).replace("{input_signature}", signature)
                 raise training.ModuleError(text)
+            for ref in (source, *job.outputs.values()):
+                if not ref.is_local():
+                    raise training.ModuleError(
+                        f"Error reading or writing {ref.relative_location}: storage host {ref.host()} cannot be "
+                        "reached from this emulator (it reaches only local storage, such as Azurite)."
+                    )
             text = source.client().download_blob().readall().decode("utf-8-sig")
             model, metrics = training.train(
                 text,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from dataclasses import dataclass
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 from azure.storage.blob import BlobClient, BlobSasPermissions, BlobServiceClient, generate_blob_sas
 
@@ -39,8 +39,10 @@ class BlobReference:
         return "." + name.rsplit(".", 1)[-1].lower() if "." in name else ""
 
     def client(self) -> BlobClient:
+        # Local storage answers at once or not at all: fail in seconds, not after the SDK's ~90 s of retries.
+        options = {"retry_total": 1, "connection_timeout": 5}
         if self.connection_string:
-            return BlobServiceClient.from_connection_string(self.connection_string).get_blob_client(
+            return BlobServiceClient.from_connection_string(self.connection_string, **options).get_blob_client(
                 self.container, self.blob
             )
         return BlobClient(
@@ -48,7 +50,16 @@ class BlobReference:
             container_name=self.container,
             blob_name=self.blob,
             credential=self.sas_token.lstrip("?"),
+            **options,
         )
+
+    def host(self) -> str:
+        """The storage host this reference points at."""
+        return (urlsplit(self.client().url).hostname or "").lower()
+
+    def is_local(self) -> bool:
+        """Whether the emulator can reach it: only storage on this machine (Azurite), never the internet."""
+        return self.host() in ("127.0.0.1", "localhost", "::1")
 
     def sas_expiry(self) -> dt.datetime | None:
         if not self.sas_token:

@@ -306,32 +306,43 @@ class ClassicManagement:
         if request.arg("api-version") != "2.0":
             raise HttpError(400, "BadArgument", "Invalid argument provided.", [("BadVersionCall", "Use 2.0.")])
         _check_key(request, endpoint.keys, "ScoreRequestUnauthorized")
+        return score_request(request, endpoint.model or initial_model())
+
+
+def score_request(request: Request, model: dict) -> Response:
+    """RRS ``execute``, for both service kinds: with ``format=swagger`` records in and out
+    (``"input1": [{column: value}]``), otherwise ``ColumnNames``/``Values`` in and a table out, typed
+    ``"table"`` as real responses are (the docs' hand-written sample says ``DataTable``)."""
+    if request.arg("api-version") != "2.0":
+        raise HttpError(400, "BadArgument", "Invalid argument provided.", [("BadVersionCall", "Use 2.0.")])
+    swagger = (request.arg("format") or "").lower() == "swagger"
+    try:
         body = request.json() or {}
-        table = _ci(body.get("Inputs") or {}, "input1")
-        if not isinstance(table, dict) or "ColumnNames" not in table or "Values" not in table:
-            raise HttpError(
-                400,
-                "BadArgument",
-                "Invalid argument provided.",
-                [("MissingRequestInput", "Inputs.input1 needs ColumnNames and Values.")],
-            )
-        rows = [dict(zip(table["ColumnNames"], values, strict=False)) for values in table["Values"]]
-        names, values = _score(endpoint.model or initial_model(), rows)
-        return Response(
-            200,
-            {
-                "Results": {
-                    "output1": {
-                        "type": "DataTable",
-                        "value": {
-                            "ColumnNames": names,
-                            "ColumnTypes": ["Double"] * (len(names) - 2) + ["Int32", "Double"],
-                            "Values": values,
-                        },
-                    }
-                }
-            },
+    except (ValueError, UnicodeDecodeError):
+        body = None
+    inputs = _ci(body.get("Inputs") or {}, "input1") if isinstance(body, dict) else None
+    if swagger and not (isinstance(inputs, list) and all(isinstance(row, dict) for row in inputs)):
+        raise HttpError(
+            400,
+            "BadArgument",
+            "Invalid argument provided.",
+            [("MissingRequestInput", "Inputs.input1 must be a list of records (format=swagger).")],
         )
+    if not swagger and not (isinstance(inputs, dict) and "ColumnNames" in inputs and "Values" in inputs):
+        raise HttpError(
+            400,
+            "BadArgument",
+            "Invalid argument provided.",
+            [("MissingRequestInput", "Inputs.input1 needs ColumnNames and Values (records need format=swagger).")],
+        )
+    rows = inputs if swagger else [dict(zip(inputs["ColumnNames"], v, strict=False)) for v in inputs["Values"]]
+    names, values = _score(model, rows)
+    if swagger:
+        output: object = [dict(zip(names, v, strict=True)) for v in values]
+    else:
+        types = ["Double"] * (len(names) - 2) + ["Int32", "Double"]
+        output = {"type": "table", "value": {"ColumnNames": names, "ColumnTypes": types, "Values": values}}
+    return Response(200, {"Results": {"output1": output}})
 
 
 def _load(blob_client) -> dict:
@@ -397,6 +408,7 @@ class ArmWebService:
     keys: dict[str, str]
     service_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     model: dict | None = None
+    previous_state: str = "Succeeded"  # restored by an operation that changes nothing
 
     @property
     def resource_id(self) -> str:
@@ -413,6 +425,7 @@ class ArmWebServices:
         self.emulator, self.identity = emulator, identity
         self.services: dict[str, ArmWebService] = {}
         self.operations: dict[str, dict] = {}
+        self.storage_connection_string: str | None = None  # the one account the emulator can reach
         resource = (
             r"/subscriptions/(?P<sub>[^/]+)/resourceGroups/(?P<rg>[^/]+)/providers/"
             r"Microsoft\.MachineLearning/webServices/(?P<name>[^/]+)"
@@ -420,7 +433,7 @@ class ArmWebServices:
         emulator.route("GET", resource, "arm.get", self.get)
         emulator.route("PUT", resource, "arm.put", self.put)
         emulator.route("PATCH", resource, "arm.patch", self.patch)
-        emulator.route("POST", resource + "/listKeys", "arm.listkeys", self.list_keys)
+        emulator.route("GET", resource + "/listKeys", "arm.listkeys", self.list_keys)  # GET in the spec
         emulator.route(
             "GET",
             r"/subscriptions/(?P<sub>[^/]+)/providers/Microsoft\.MachineLearning/locations/"
@@ -446,20 +459,28 @@ class ArmWebServices:
                 f"'{', '.join(ARM_API_VERSIONS)}'.",
             )
 
-    def _find(self, request: Request) -> ArmWebService:
-        self._check(request)
+    @staticmethod
+    def _key(request: Request) -> str:
         p = request.params
-        key = (
+        return (
             f"/subscriptions/{p['sub']}/resourceGroups/{p['rg']}/providers/Microsoft.MachineLearning/"
             f"webServices/{p['name']}"
         ).lower()
-        service = self.services.get(key)
+
+    def _find(self, request: Request) -> ArmWebService:
+        self._check(request)
+        service = self.services.get(self._key(request))
         if service is None:
             raise HttpError(
                 404,
                 "NotFound",
                 "The specified resource was not found.",
-                [("WebServiceNotFound", f"No Web Service could be found with the provided name: {p['name']}.")],
+                [
+                    (
+                        "WebServiceNotFound",
+                        f"No Web Service could be found with the provided name: {request.params['name']}.",
+                    )
+                ],
             )
         return service
 
@@ -480,13 +501,65 @@ class ArmWebServices:
         return Response(200, dict(self._find(request).keys))
 
     def put(self, request: Request) -> Response:
-        # Creation is not part of retraining; an existing service may be overwritten like a PATCH.
-        return self._update(request, self._find(request), replace=True)
+        """Create (201, as the spec's example) or overwrite (200) a web service."""
+        self._check(request)
+        if self._key(request) in self.services:
+            return self._update(request, self._find(request), replace=True)
+        return self._create(request)
 
     def patch(self, request: Request) -> Response:
         return self._update(request, self._find(request), replace=False)
 
-    def _update(self, request: Request, service: ArmWebService, *, replace: bool) -> Response:
+    def _create(self, request: Request) -> Response:
+        body, properties = self._request_properties(request)
+        location = _ci(body, "location")
+        if not isinstance(location, str) or not location.strip():
+            raise HttpError(400, "LocationRequired", "The location property is required for this definition.")
+        if not self.storage_connection_string:
+            raise HttpError(400, "BadRequest", "The emulator has no storage account (--storage-connection-string).")
+        account = BlobServiceClient.from_connection_string(self.storage_connection_string).account_name
+        storage = _ci(properties, "storageAccount")
+        if not isinstance(storage, dict) or _ci(storage, "name") != account:
+            raise HttpError(
+                400,
+                "BadRequest",
+                "The request is invalid.",
+                [
+                    (
+                        "StorageAccountNotFound",
+                        f"properties.storageAccount.name must be '{account}', the account this emulator can reach.",
+                    )
+                ],
+            )
+        p = request.params
+        keys = _ci(properties, "keys") if isinstance(_ci(properties, "keys"), dict) else {}
+        service = ArmWebService(
+            p["sub"],
+            p["rg"],
+            p["name"],
+            location,
+            {"tags": body.get("tags") or {}, "properties": {"provisioningState": "Provisioning"}},
+            self.storage_connection_string,
+            {
+                "primary": keys.get("primary") or secrets.token_urlsafe(24),
+                "secondary": keys.get("secondary") or secrets.token_urlsafe(24),
+            },
+        )
+        now = _now_iso()
+        service.definition["properties"] = {
+            **_without_secrets(properties),
+            "createdOn": now,
+            "modifiedOn": now,
+            "swaggerLocation": f"{self.emulator.base_url}/subscriptions/{service.subscription}/services/"
+            f"{service.service_id}/swagger.json",
+            "provisioningState": "Provisioning",
+        }
+        self.add(service)
+        headers = self._start_operation(request, service, properties, replace=True)
+        return Response(201, self._body(service), headers)
+
+    @staticmethod
+    def _request_properties(request: Request) -> tuple[dict, dict]:
         try:
             body = request.json()
         except ValueError:
@@ -506,6 +579,10 @@ class ArmWebServices:
                 "The request is invalid.",
                 [("MissingPackageType", "properties.packageType must be 'Graph'.")],
             )
+        return body, properties
+
+    def _update(self, request: Request, service: ArmWebService, *, replace: bool) -> Response:
+        _body, properties = self._request_properties(request)
         current = service.definition["properties"]
         storage = _ci(properties, "storageAccount")
         configured = _ci(_ci(current, "storageAccount") or {}, "name")
@@ -522,6 +599,19 @@ class ArmWebServices:
                     )
                 ],
             )
+        headers = self._start_operation(request, service, properties, replace=replace)
+        minimal = {
+            "id": service.resource_id,
+            "name": service.name,
+            "type": "Microsoft.MachineLearning/webServices",
+            "location": service.location,
+            "tags": service.definition.get("tags", {}),
+            "properties": {"provisioningState": "Provisioning"},
+        }
+        return Response(200, minimal, headers)
+
+    def _start_operation(self, request: Request, service: ArmWebService, properties: dict, *, replace: bool) -> dict:
+        """Run the update as a long-running operation; meanwhile a GET shows ``Provisioning``."""
         operation = uuid.uuid4()
         op_url = (
             f"{self.emulator.base_url}/subscriptions/{service.subscription}/providers/"
@@ -544,16 +634,10 @@ class ArmWebServices:
             args=(service, properties, replace, str(operation), fault.fail if fault else None),
             kwargs={"no_effect": bool(unchanged and unchanged.no_effect)},
         ).start()
-        headers = {"Azure-AsyncOperation": op_url, "Azure-AsyncOperationPercentComplete": "0"}
-        minimal = {
-            "id": service.resource_id,
-            "name": service.name,
-            "type": "Microsoft.MachineLearning/webServices",
-            "location": service.location,
-            "tags": service.definition.get("tags", {}),
-            "properties": {"provisioningState": "Provisioning"},
-        }
-        return Response(200, minimal, headers)
+        with self.emulator.lock:
+            service.previous_state = service.definition["properties"].get("provisioningState", "Succeeded")
+            service.definition["properties"]["provisioningState"] = "Provisioning"
+        return {"Azure-AsyncOperation": op_url, "Azure-AsyncOperationPercentComplete": "0"}
 
     def _provision(
         self,
@@ -567,15 +651,22 @@ class ArmWebServices:
         time.sleep(float(self.emulator.config.get("lro_seconds", 0.5)))
         op = self.operations[operation]
         if no_effect:
+            with self.emulator.lock:
+                service.definition["properties"]["provisioningState"] = service.previous_state
             op.update(status="Succeeded", endTime=_now_iso(), percentComplete=1.0)
             return
         try:
             if injected_failure:
                 raise HttpError(500, "InternalError", injected_failure)
             keys = _ci(properties, "keys")
-            merged = dict(properties) if replace else _merge(service.definition["properties"], properties)
-            merged = {k: v for k, v in merged.items() if k.lower() != "keys"}
-            model = self._load_assets(service, merged)
+            current = service.definition["properties"]
+            merged = dict(properties) if replace else _merge(current, properties)
+            merged = _without_secrets(merged)
+            for name in ("createdOn", "swaggerLocation"):  # read-only: a PUT cannot change or drop them
+                merged = {k: v for k, v in merged.items() if k.lower() != name.lower()}
+                if _ci(current, name) is not None:
+                    merged[name] = _ci(current, name)
+            model = self._load_assets(service, merged, _ci(current, "assets") or {})
         except HttpError as exc:
             error = exc.body["error"]
             op.update(
@@ -598,13 +689,20 @@ class ArmWebServices:
                 service.model = model
         op.update(status="Succeeded", endTime=_now_iso(), percentComplete=1.0)
 
-    def _load_assets(self, service: ArmWebService, properties: dict) -> dict | None:
-        """Load every trained-model (``Resource``) asset from the web service's storage account."""
+    def _load_assets(self, service: ArmWebService, properties: dict, current: dict) -> dict | None:
+        """Load each trained-model (``Resource``) asset that changed from the web service's storage
+        account; an asset left as it was is already loaded (the seed's points at a foreign account)."""
         model = None
-        for asset in (_ci(properties, "assets") or {}).values():
+
+        def uri_of(asset: object) -> str:
+            return _ci(_ci(asset, "locationInfo") or {}, "uri") or "" if isinstance(asset, dict) else ""
+
+        for key, asset in (_ci(properties, "assets") or {}).items():
             if str(_ci(asset, "type")).lower() != "resource":
                 continue
-            uri = _ci(_ci(asset, "locationInfo") or {}, "uri") or ""
+            uri = uri_of(asset)
+            if uri and uri == uri_of(_ci(current, key)):
+                continue
             model = _load(self._blob_in_service_storage(service, uri))
         return model
 
@@ -640,16 +738,17 @@ class ArmWebServices:
         if service is None:
             raise HttpError(404, "NotFound", "Resource not found.", [("WebServiceNotFound", "Service not found.")])
         _check_key(request, tuple(service.keys.values()), "ScoreRequestUnauthorized")
-        rows = _ci((request.json() or {}).get("Inputs") or {}, "input1")
-        if not isinstance(rows, list):
-            raise HttpError(
-                400,
-                "BadArgument",
-                "Invalid argument provided.",
-                [("MissingRequestInput", "Inputs.input1 must be a list of records (format=swagger).")],
-            )
-        names, values = _score(service.model or initial_model(), rows)
-        return Response(200, {"Results": {"output1": [dict(zip(names, v, strict=True)) for v in values]}})
+        return score_request(request, service.model or initial_model())
+
+
+def _without_secrets(properties: dict) -> dict:
+    """A definition as stored and returned: no ``keys``, and the storage account by name only (a GET
+    "does not return storage credentials or keys")."""
+    cleaned = {k: v for k, v in properties.items() if k.lower() != "keys"}
+    for key in [k for k in cleaned if k.lower() == "storageaccount"]:
+        if isinstance(cleaned[key], dict):
+            cleaned[key] = {k: v for k, v in cleaned[key].items() if k.lower() != "key"}
+    return cleaned
 
 
 def _merge(current: dict, patch: dict) -> dict:

@@ -21,7 +21,7 @@ import requests
 
 from shared import hosts
 from shared.http import ServiceError, ci_get, make_session, read_json, send, text_field
-from shared.redact import hold
+from shared.redact import hold, shown
 
 SCOPE = "https://management.azure.com/.default"
 API_VERSIONS = ("2017-01-01", "2016-05-01-preview")
@@ -123,6 +123,14 @@ def find_asset(definition: dict, asset_name: str | None) -> str:
                 f"the definition has no single asset named {asset_name!r} (assets: {names})",
                 operation="update",
                 code="AssetNotFound",
+            )
+        kind = str(ci_get(assets[matches[0]], "type"))
+        if kind.lower() != "resource":  # a Module holds code, not the trained model: the update would change nothing
+            raise ArmError(
+                f"asset {asset_name!r} is a {shown(kind[:40])}, not a trained model ('Resource'); "
+                "asset_name must name the trained-model asset",
+                operation="update",
+                code="AssetNotTrainedModel",
             )
         return matches[0]
     resources = [k for k, a in assets.items() if str(ci_get(a, "type")).lower() == "resource"]

@@ -65,7 +65,7 @@ def mutate(request, change):
         (lambda b: b.pop("Inputs"), "BatchJobInputsNotSpecified"),
         (lambda b: b.update(Inputs={"Input1": b["Inputs"]["input1"]}), "InvalidInputNames"),
         (lambda b: b.update(Outputs={"output1": b["Outputs"]["output1"]}), "MissingRequiredOutputOverrides"),
-        (lambda b: b.pop("Outputs"), "MissingOutputOverrideSpecification"),
+        (lambda b: b.update(Outputs={}), "MissingOutputOverrideSpecification"),  # overrides of nothing
         (lambda b: b["Outputs"].update(output3=b["Outputs"]["output2"]), "InvalidOutputOverrideName"),
         (lambda b: b.update(inputs=b.pop("Inputs")), "RequestBodyInvalid"),  # camelCase is not the protocol
         (lambda b: b.update(GolbalParameters={}), "RequestBodyInvalid"),  # the typo from a public README
@@ -165,3 +165,44 @@ def test_an_injected_job_failure_fails_the_next_job_only(svc, fresh_emulator):
     bes.start(second)
     assert "Out of memory" in wait_for(bes, first).details
     assert wait_for(bes, second).status == "Finished"
+
+
+@pytest.mark.parametrize("absent", [lambda b: b.pop("Outputs"), lambda b: b.update(Outputs=None)])
+def test_without_outputs_they_go_to_the_workspace_storage_under_names_of_its_choosing(svc, fresh_emulator, absent):
+    """The reference: Outputs are optional; without them the outputs go to the workspace's default
+    storage under a random name (and ``null`` is allowed for absent parts, as the v1 sample sends)."""
+    bes = client(fresh_emulator)
+    job_id = bes.submit(mutate(request_for(svc)[0], absent))
+    bes.start(job_id)
+    assert wait_for(bes, job_id).status == "Finished"
+    status = requests.get(f"{fresh_emulator.bes_jobs_url}/{job_id}", params={"api-version": "2.0"}, headers=HEADERS)
+    results = status.json()["Results"]
+    assert sorted(results) == ["output1", "output2"]
+    for name, extension in (("output1", ".ilearner"), ("output2", ".csv")):
+        ref = results[name]
+        assert ref["RelativeLocation"] == f"experimentoutput/{job_id}/{name}{extension}"
+        blob = requests.get(ref["BaseLocation"] + ref["RelativeLocation"] + ref["SasBlobToken"], timeout=10)
+        assert blob.status_code == 200 and blob.content
+    assert (
+        "AUC"
+        in requests.get(
+            results["output2"]["BaseLocation"]
+            + results["output2"]["RelativeLocation"]
+            + results["output2"]["SasBlobToken"],
+            timeout=10,
+        ).text
+    )
+
+
+def test_an_input_on_storage_the_emulator_cannot_reach_fails_the_job_with_details_not_a_500(svc, fresh_emulator):
+    far = "DefaultEndpointsProtocol=https;AccountName=faraway;AccountKey=" + "A" * 86 + "=="
+    body = mutate(
+        request_for(svc)[0],
+        lambda b: b["Inputs"].update(input1={"ConnectionString": far, "RelativeLocation": "training/data.csv"}),
+    )
+    bes = client(fresh_emulator)
+    job_id = bes.submit(body)  # accepted: BES reads its inputs when the job runs
+    bes.start(job_id)
+    status = wait_for(bes, job_id, timeout=15)  # not the storage SDK's ~90 s of retries
+    assert status.status == "Failed"
+    assert "storage host faraway.blob.core.windows.net cannot be reached from this emulator" in status.details

@@ -194,3 +194,131 @@ def test_the_arm_client_never_sends_its_token_to_a_foreign_operation_url():
     with pytest.raises(ArmError) as caught:
         client._wait("https://collector.example.com/operationsStatus/1?api-version=2017-01-01")
     assert caught.value.code == "UntrustedOperationUrl"
+
+
+# --- faithful to the spec and to real responses (issue: emulator fidelity) -------------------------------
+
+
+def arm(emulator, method, path="", **kwargs):
+    headers = {"Authorization": f"Bearer {token(emulator)}"}
+    return requests.request(
+        method,
+        emulator.url + emulator.info["arm_resource_id"] + path,
+        params={"api-version": "2017-01-01"},
+        headers=headers,
+        timeout=5,
+        **kwargs,
+    )
+
+
+def wait_operation(emulator, response):
+    import time
+
+    headers = {"Authorization": f"Bearer {token(emulator)}"}
+    for _ in range(100):
+        body = requests.get(response.headers["Azure-AsyncOperation"], headers=headers, timeout=5).json()
+        if body["status"] != "Provisioning":
+            return body
+        time.sleep(0.05)
+    raise AssertionError("the operation did not end")
+
+
+def test_list_keys_is_a_get_as_in_the_spec(fresh_emulator):
+    keys = arm(fresh_emulator, "GET", "/listKeys")
+    assert keys.status_code == 200 and keys.json()["primary"] == API_KEY and keys.json()["secondary"]
+    assert arm(fresh_emulator, "POST", "/listKeys").status_code in (404, 405)
+
+
+def test_a_get_during_an_update_shows_provisioning_and_never_the_storage_key(fresh_emulator):
+    fresh_emulator.admin("POST", "config", {"lro_seconds": 1.0})
+    definition = arm(fresh_emulator, "GET").json()
+    properties = {**definition["properties"], "title": "Retitled"}
+    properties["storageAccount"] = {**properties["storageAccount"], "key": "the-storage-key-xyz"}
+    response = arm(fresh_emulator, "PUT", json={"location": definition["location"], "properties": properties})
+    assert response.status_code == 200
+    during = arm(fresh_emulator, "GET").json()
+    assert during["properties"]["provisioningState"] == "Provisioning"
+    assert wait_operation(fresh_emulator, response)["status"] == "Succeeded"
+    after = arm(fresh_emulator, "GET")
+    assert after.json()["properties"]["provisioningState"] == "Succeeded"
+    assert after.json()["properties"]["title"] == "Retitled"
+    assert "the-storage-key-xyz" not in after.text and "key" not in after.json()["properties"]["storageAccount"]
+    # read-only members survive a PUT that leaves them out
+    stripped = {k: v for k, v in properties.items() if k not in ("createdOn", "swaggerLocation")}
+    wait_operation(fresh_emulator, arm(fresh_emulator, "PUT", json={"location": "West US", "properties": stripped}))
+    again = arm(fresh_emulator, "GET").json()["properties"]
+    assert again["createdOn"] == definition["properties"]["createdOn"]
+    assert again["swaggerLocation"] == definition["properties"]["swaggerLocation"]
+
+
+def test_a_freshly_seeded_service_accepts_a_patch_that_leaves_its_assets_alone(fresh_emulator):
+    """The seed's trained-model asset points at the public example's foreign account: an update that
+    does not change it must not try to load it."""
+    definition = arm(fresh_emulator, "GET").json()
+    response = arm(
+        fresh_emulator,
+        "PATCH",
+        json={"properties": {"packageType": "Graph", "description": "x", "assets": definition["properties"]["assets"]}},
+    )
+    assert wait_operation(fresh_emulator, response)["status"] == "Succeeded"
+    assert arm(fresh_emulator, "GET").json()["properties"]["description"] == "x"
+
+
+def test_put_creates_a_web_service_with_201_as_the_spec_example_does(svc, fresh_emulator):
+    headers = {"Authorization": f"Bearer {token(fresh_emulator)}"}
+    url = fresh_emulator.url + fresh_emulator.info["arm_resource_id"].replace("census-predictive", "created-ws")
+    properties = {k: v for k, v in arm(fresh_emulator, "GET").json()["properties"].items() if k != "assets"}
+    properties["storageAccount"] = {"name": "devstoreaccount1", "key": "k"}
+    params = {"api-version": "2017-01-01"}
+    missing = requests.put(url, params=params, headers=headers, json={"properties": properties}, timeout=5)
+    assert missing.status_code == 400 and missing.json()["error"]["code"] == "LocationRequired"
+    body = {"location": "West US", "tags": {"team": "ml"}, "properties": properties}
+    created = requests.put(url, params=params, headers=headers, json=body, timeout=5)
+    assert created.status_code == 201
+    assert created.json()["properties"]["provisioningState"] == "Provisioning"
+    assert created.json()["properties"]["storageAccount"] == {"name": "devstoreaccount1"}
+    assert wait_operation(fresh_emulator, created)["status"] == "Succeeded"
+    got = requests.get(url, params=params, headers=headers, timeout=5).json()
+    assert got["properties"]["provisioningState"] == "Succeeded" and got["tags"] == {"team": "ml"}
+    assert got["properties"]["createdOn"] and got["properties"]["swaggerLocation"].endswith("/swagger.json")
+    assert requests.put(url, params=params, headers=headers, json=body, timeout=5).status_code == 200  # now an update
+
+
+ROWS = [{"age": 0.5, "income": -1.0, "tenure": 1.2, "visits": 0.1, "balance": -0.3}]
+
+
+def rrs_urls(emulator):
+    endpoint = requests.get(emulator.info["classic_endpoint_url"], headers=AUTH, timeout=5).json()
+    swagger = arm(emulator, "GET").json()["properties"]["swaggerLocation"]
+    return {"classic": endpoint["ApiLocation"] + "/execute", "arm": swagger.replace("/swagger.json", "/execute")}
+
+
+@pytest.mark.parametrize("kind", ["classic", "arm"])
+def test_rrs_answers_a_table_typed_table_and_records_with_format_swagger_on_both_service_kinds(fresh_emulator, kind):
+    url = rrs_urls(fresh_emulator)[kind]
+    names = list(ROWS[0])
+    table = {"Inputs": {"input1": {"ColumnNames": names, "Values": [[r[n] for n in names] for r in ROWS]}}}
+    plain = requests.post(url, params={"api-version": "2.0", "details": "true"}, headers=AUTH, json=table, timeout=5)
+    output = plain.json()["Results"]["output1"]
+    assert output["type"] == "table" and "Scored Probabilities" in output["value"]["ColumnNames"]
+    records = {"Inputs": {"input1": ROWS}, "GlobalParameters": {}}
+    swagger = requests.post(
+        url, params={"api-version": "2.0", "format": "swagger"}, headers=AUTH, json=records, timeout=5
+    )
+    [row] = swagger.json()["Results"]["output1"]
+    assert float(row["Scored Probabilities"]) == float(output["value"]["Values"][0][-1])
+    # each format refuses the other's body, and the version is required
+    wrong = requests.post(url, params={"api-version": "2.0"}, headers=AUTH, json=records, timeout=5)
+    assert wrong.status_code == 400 and detail(wrong) == "MissingRequestInput"
+    assert requests.post(url, headers=AUTH, json=table, timeout=5).status_code == 400
+
+
+def test_the_arm_client_refuses_an_asset_name_that_names_a_module(svc, fresh_emulator):
+    """A Module holds code, not the trained model: "deploying" to it changed nothing yet looked verified."""
+    from shared import arm as arm_module
+
+    definition = arm(fresh_emulator, "GET").json()
+    with pytest.raises(ArmError) as caught:
+        arm_module.find_asset(definition, "Execute R Script")
+    assert caught.value.code == "AssetNotTrainedModel" and "is a Module" in str(caught.value)
+    assert arm_module.find_asset(definition, "Retrain Sample [trained model]") == "asset3"
