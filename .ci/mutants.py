@@ -382,6 +382,55 @@ def _slot(""",
         "previous = signal.getsignal(signal.SIGTERM)",
         ("tests/test_operations.py::test_up_runs_the_loop_for_the_cli_until_sigterm_and_then_leaves_nothing_behind",),
     ),
+    Mutant(
+        "RRS answers the docs' DataTable instead of what real services send",
+        "emulator/predictive.py",
+        'output = {"type": "table", "value":',
+        'output = {"type": "DataTable", "value":',
+        ("tests/test_azmlclient.py::test_rrs_of_a_classic_endpoint_reads_with_azmlclient",),
+    ),
+    Mutant(
+        "BES refuses a request without Outputs (they are optional)",
+        "emulator/bes.py",
+        "        if raw_outputs is None:\n            raw_outputs = self._default_outputs(service, job_id)\n",
+        "",
+        ("tests/test_azmlclient.py::test_a_bes_job_without_outputs_runs_with_azmlclient",),
+    ),
+    Mutant(
+        "a job on storage the emulator cannot reach spends the SDK's retries and fails obscurely",
+        "emulator/bes.py",
+        "                if not ref.is_local():\n                    raise training.ModuleError(",
+        "                if False:\n                    raise training.ModuleError(",
+        (
+            "tests/test_emulator_bes.py::"
+            "test_an_input_on_storage_the_emulator_cannot_reach_fails_the_job_with_details_not_a_500",
+        ),
+    ),
+    Mutant(
+        "an ARM GET shows Succeeded while an update is still running",
+        "emulator/predictive.py",
+        'service.definition["properties"]["provisioningState"] = "Provisioning"',
+        "pass",
+        (
+            "tests/test_emulator_predictive.py::test_a_get_during_an_update_shows_provisioning_and_never_the_storage_key",
+        ),
+    ),
+    Mutant(
+        "an ARM GET echoes the storage account key",
+        "emulator/predictive.py",
+        'cleaned[key] = {k: v for k, v in cleaned[key].items() if k.lower() != "key"}',
+        "pass",
+        (
+            "tests/test_emulator_predictive.py::test_a_get_during_an_update_shows_provisioning_and_never_the_storage_key",
+        ),
+    ),
+    Mutant(
+        "an ARM asset_name naming a Module is taken for the trained model",
+        "shared/arm.py",
+        'if kind.lower() != "resource":',
+        "if False:",
+        ("tests/test_emulator_predictive.py::test_the_arm_client_refuses_an_asset_name_that_names_a_module",),
+    ),
 ]
 
 
