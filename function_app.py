@@ -189,3 +189,28 @@ def status_page(req: func.HttpRequest) -> func.HttpResponse:
     except status.BadParameter as exc:
         return _bad(exc)
     return func.HttpResponse(page, mimetype="text/html", charset="utf-8", headers=status.SECURITY_HEADERS)
+
+
+@app.function_name("status_run_page")
+@app.route(route="status/runs/{run_id}", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+def status_run_page(req: func.HttpRequest) -> func.HttpResponse:
+    """One run as a readable page: history, gate, deploys, errors (its JSON: /api/runs/<id>)."""
+    from urllib.parse import urlencode
+
+    from shared import status
+
+    code = req.params.get("code")
+    svc = workflow.get_services()
+    try:
+        pipeline = status.pipeline_for(svc, req.params.get("pipeline")).name if req.params.get("pipeline") else None
+    except status.BadParameter as exc:
+        return _bad(exc)
+    page = status.run_page_html(
+        svc,
+        req.route_params.get("run_id", ""),
+        pipeline=pipeline,
+        link_query=f"?{urlencode({'code': code})}" if code else "",
+    )
+    if page is None:
+        return _json({"error": {"code": "NotFound", "message": "no such run"}}, 404)
+    return func.HttpResponse(page, mimetype="text/html", charset="utf-8", headers=status.SECURITY_HEADERS)

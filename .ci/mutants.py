@@ -431,6 +431,20 @@ def _slot(""",
         "if False:",
         ("tests/test_emulator_predictive.py::test_the_arm_client_refuses_an_asset_name_that_names_a_module",),
     ),
+    Mutant(
+        "the chart drops the gate's minimum",
+        "shared/status.py",
+        "{_chart(recent, metric, sfx, pipeline.gate.min)}",
+        "{_chart(recent, metric, sfx)}",
+        ("tests/test_status.py::test_the_page_is_self_contained_and_marks_deploys_and_rejections",),
+    ),
+    Mutant(
+        "the run page leaves out the run's history",
+        "shared/status.py",
+        "        for entry in run.history\n    ]",
+        "        for entry in run.history[:1]\n    ]",
+        ("tests/test_status.py::test_a_run_has_a_readable_page_with_its_json_one_click_away",),
+    ),
 ]
 
 

@@ -240,28 +240,126 @@ def page_html(svc, *, now: dt.datetime | None = None, link_query: str = "", pipe
     summary = "" if single else _pipelines_table(svc, now, link_query)
     unrouted = _unrouted_table(svc, now)
     title = svc.settings.pipelines[0].name if single else (pipeline or f"{len(svc.settings.pipelines)} pipelines")
+    body = f"""<h1>Retraining autopilot</h1>
+<div class=muted>{_subtitle(svc)} · {e(now.strftime("%Y-%m-%d %H:%M:%S"))} UTC</div>
+{summary}{unrouted}{sections}"""
+    return _document(title, body, refresh=True)
+
+
+# One colour per meaning, on the badges and in the chart alike.
+COLOURS = {"ok": "#1a7f37", "bad": "#cf222e", "warn": "#9a6700", "busy": "#0969da", "idle": "#6e7781"}
+_STYLE = (
+    "".join(f".{kind} {{ background: {colour}; }} " for kind, colour in COLOURS.items())
+    + """
+body { font: 14px/1.4 system-ui, sans-serif; margin: 24px; color: #1b1f24; background: #fafbfc; }
+h1 { font-size: 20px; margin: 0 0 4px; } h2 { font-size: 16px; margin: 24px 0 8px; }
+h3 { font-size: 14px; margin: 18px 0 6px; } section { margin-top: 28px; }
+table { border-collapse: collapse; width: 100%; background: #fff; }
+th, td { text-align: left; padding: 6px 10px; border-bottom: 1px solid #e1e4e8; vertical-align: middle; }
+th { background: #f1f3f5; font-weight: 600; } .mono { font-family: ui-monospace, monospace; font-size: 12px; }
+.badge { padding: 2px 8px; border-radius: 10px; font-size: 12px; color: #fff; }
+.error { color: #cf222e; }
+.bar { width: 160px; height: 8px; background: #e1e4e8; border-radius: 4px; overflow: hidden; }
+.bar > div { height: 100%; background: #0969da; } .muted { color: #6e7781; }
+dl { display: grid; grid-template-columns: max-content 1fr; gap: 4px 16px; margin: 8px 0; }
+dt { color: #6e7781; } dd { margin: 0; }
+"""
+)
+
+
+def _document(title: str, body: str, *, refresh: bool = False) -> str:
+    """A whole page: self-contained (inline style only, nothing loaded from anywhere else)."""
+    meta = '<meta http-equiv="refresh" content="30">\n' if refresh else ""
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta name="referrer" content="no-referrer">
-<meta http-equiv="refresh" content="30">
-<title>Retraining autopilot — {e(title)}</title>
-<style>
-body {{ font: 14px/1.4 system-ui, sans-serif; margin: 24px; color: #1b1f24; background: #fafbfc; }}
-h1 {{ font-size: 20px; margin: 0 0 4px; }} h2 {{ font-size: 16px; margin: 24px 0 8px; }}
-h3 {{ font-size: 14px; margin: 18px 0 6px; }} section {{ margin-top: 28px; }}
-table {{ border-collapse: collapse; width: 100%; background: #fff; }}
-th, td {{ text-align: left; padding: 6px 10px; border-bottom: 1px solid #e1e4e8; vertical-align: middle; }}
-th {{ background: #f1f3f5; font-weight: 600; }} .mono {{ font-family: ui-monospace, monospace; font-size: 12px; }}
-.badge {{ padding: 2px 8px; border-radius: 10px; font-size: 12px; color: #fff; }}
-.ok {{ background: #1a7f37; }} .bad {{ background: #cf222e; }} .busy {{ background: #0969da; }}
-.idle {{ background: #6e7781; }} .warn {{ background: #9a6700; }} .error {{ color: #cf222e; }}
-.bar {{ width: 160px; height: 8px; background: #e1e4e8; border-radius: 4px; overflow: hidden; }}
-.bar > div {{ height: 100%; background: #0969da; }} .muted {{ color: #6e7781; }}
-</style></head><body>
-<h1>Retraining autopilot</h1>
-<div class=muted>{_subtitle(svc)} · {e(now.strftime("%Y-%m-%d %H:%M:%S"))} UTC</div>
-{summary}{unrouted}{sections}
+{meta}<title>Retraining autopilot — {html.escape(title)}</title>
+<style>{_STYLE}</style></head><body>
+{body}
 </body></html>"""
+
+
+def run_page_html(svc, run_id: str, *, pipeline: str | None = None, link_query: str = "") -> str | None:
+    """One run, readable: what it trained on, its metrics, the gate's decision and each deploy per
+    target, its errors, and its whole history; the JSON one click away. ``None`` if there is no such run."""
+    run = find_run(svc, run_id, pipeline)
+    if run is None:
+        return None
+    e = html.escape
+    metric = metric_of(svc, run.pipeline)
+
+    def table(header: list[str], rows: list[list[str]], empty: str, ident: str) -> str:
+        head = "".join(f"<th>{e(h)}</th>" for h in header)
+        body = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in rows)
+        body = body or f"<tr><td colspan={len(header)} class=muted>{e(empty)}</td></tr>"
+        return f"<table id={ident}><tr>{head}</tr>{body}</table>"
+
+    def text(value: object) -> str:
+        return e(shown(str(value))) if value not in (None, "") else "—"
+
+    facts = [
+        ("pipeline", text(run.pipeline)),
+        ("training data", f"<span class=mono>{text(run.blob_name)}</span> ({text(run.blob_size)} bytes)"),
+        ("started by", text(run.source)),
+        ("job", f"<span class=mono>{text(run.job_id)}</span>, attempt {run.attempts}"),
+        ("created", text(_iso(run.created_at))),
+        ("updated", text(_iso(run.updated_at))),
+        ("ended", text(_iso(run.ended_at))),
+    ]
+    if run.superseded_by:
+        facts.append(("superseded by", f"<span class=mono>{text(run.superseded_by)}</span>"))
+    if run.check_failures:
+        last = run.last_check_error or {}
+        facts.append(
+            (
+                "failed status checks",
+                f"{run.check_failures} (last: {text(last.get('code'))}: {text(last.get('message'))})",
+            )
+        )
+    errors = ""
+    if run.error:
+        errors = (
+            f"<h2>Error</h2><p class=error id=error>{text(run.error.get('code'))}: {text(run.error.get('message'))}"
+            f" <span class=muted>({text(run.error.get('operation'))})</span></p>"
+        )
+    metrics = [
+        [e(name) + (" <span class=muted>(gate)</span>" if name.lower() == metric.lower() else ""), _num(value)]
+        for name, value in sorted((run.metrics or {}).items())
+        if isinstance(value, (int, float))
+    ]
+    decisions = [
+        [e(name), _badge("approved", "ok") if d.get("approved") else _badge("rejected", "warn"), text(d.get("reason"))]
+        for name, d in sorted(run.gate.items())
+    ]
+    deploys = [
+        [e(name), _badge(str(t.get("status"))), text(t.get("reason")), text(t.get("at") or t.get("updated_at"))]
+        for name, t in sorted(run.targets.items())
+    ]
+    history = [
+        [
+            f"<span class=mono>{text(entry.get('at'))}</span>",
+            (
+                f"{text(entry.get('from'))} → <b>{text(entry['to'])}</b>"
+                if "to" in entry
+                else "<span class=muted>note</span>"
+            ),
+            text(entry.get("by")),
+            text(entry.get("reason") or entry.get("event")),
+        ]
+        for entry in run.history
+    ]
+    joiner = "&amp;" if link_query else "?"
+    own = f"pipeline={e(run.pipeline)}"
+    body = f"""<div class=muted><a href="../../status{e(link_query)}">Retraining autopilot</a> &rsaquo; run</div>
+<h1><span class=mono>{e(run.run_id)}</span> {_badge(run.status)}</h1>
+<div><a id=json href="../../runs/{e(run.run_id)}{e(link_query)}{joiner}{own}">as JSON</a></div>
+<dl id=facts>{"".join(f"<dt>{e(k)}</dt><dd>{v}</dd>" for k, v in facts)}</dl>
+{errors}
+<h2>Metrics</h2>{table(["metric", "value"], metrics, "no evaluation yet", "metrics")}
+<h2>Gate</h2>{table(["target", "decision", "why"], decisions, "not judged yet", "gate")}
+<h2>Deploys</h2>{table(["target", "result", "why", "at"], deploys, "nothing deployed", "deploys")}
+<h2>History</h2>{table(["at", "change", "by", "why"], history, "no history", "history")}"""
+    return _document(f"run {run.run_id}", body)
 
 
 def _subtitle(svc) -> str:
@@ -335,7 +433,7 @@ def _pipeline_section(svc, pipeline, now: dt.datetime, link_query: str, sfx: str
         for r in active
     )
     recent_rows = "".join(
-        f'<tr><td class=mono><a href="runs/{e(r.run_id)}{e(link_query)}">{e(r.run_id)}</a></td>'
+        f'<tr><td class=mono><a href="status/runs/{e(r.run_id)}{e(link_query)}">{e(r.run_id)}</a></td>'
         f"<td>{_badge(r.status)}</td>"
         f"<td>{e(shown(r.blob_name))}</td><td>{_num(_metric(r, metric))}</td>"
         f"<td>{e(shown(_targets_text(r)))}</td><td>{e(_ago(_iso(r.updated_at), now))}</td></tr>"
@@ -351,7 +449,7 @@ def _pipeline_section(svc, pipeline, now: dt.datetime, link_query: str, sfx: str
 <table id=active{e(sfx)}><tr><th>run</th><th>status</th><th>training data</th><th>progress</th><th>started</th></tr>
 {active_rows or "<tr><td colspan=5 class=muted>nothing running</td></tr>"}</table>
 <{level}>{e(metric)} over time</{level}>
-{_chart(recent, metric, sfx)}
+{_chart(recent, metric, sfx, pipeline.gate.min)}
 <{level}>Recent runs</{level}>
 <table id=recent{e(sfx)}><tr><th>run</th><th>status</th><th>training data</th><th>{e(metric)}</th><th>targets</th>
 <th>updated</th></tr>{recent_rows or "<tr><td colspan=6 class=muted>no runs yet</td></tr>"}</table>
@@ -372,8 +470,8 @@ def _ago(iso: str | None, now: dt.datetime) -> str:
     return f"{max(seconds, 0)} s ago"
 
 
-def _badge(status: str) -> str:
-    kind = (
+def _badge(status: str, kind: str | None = None) -> str:
+    kind = kind or (
         "ok"
         if status in (R.DEPLOYED, R.FINISHED)
         else "bad"
@@ -405,51 +503,90 @@ def _targets_text(run: Run) -> str:
     return ", ".join(f"{name}: {t.get('status')}" for name, t in sorted(run.targets.items())) or "—"
 
 
-def _chart(runs: list[Run], metric: str, sfx: str = "") -> str:
-    """An inline SVG: the gate metric of each judged run over time; deploys and rejections marked."""
+def _chart(runs: list[Run], metric: str, sfx: str = "", minimum: float | None = None) -> str:
+    """An inline SVG: the gate metric of each judged run over time (a time axis below), the gate's
+    minimum as a line, deploys and rejections marked in their badges' colours, and a legend."""
     points = [(r.created_at, _metric(r, metric), r) for r in reversed(runs) if _metric(r, metric) is not None]
     if not points:
         return f"<p class=muted id=chart{html.escape(sfx)}>no judged run yet</p>"
-    width, height, pad = 720, 220, 48
-    values = [v for _, v, _ in points]
+    width, height, left, right, top, bottom = 720, 250, 56, 32, 48, 40
+    values = [v for _, v, _ in points] + ([minimum] if minimum is not None else [])
     low, high = min(values), max(values)
     if high - low < 0.05:
         low, high = low - 0.025, high + 0.025
     first, last = points[0][0], points[-1][0]
     span = max((last - first).total_seconds(), 1.0)
 
-    def xy(when: dt.datetime, value: float) -> tuple[float, float]:
-        x = pad + (width - 2 * pad) * ((when - first).total_seconds() / span if len(points) > 1 else 0.5)
-        y = height - pad - (height - 2 * pad) * (value - low) / (high - low)
-        return round(x, 1), round(y, 1)
+    def x_of(when: dt.datetime) -> float:
+        fraction = (when - first).total_seconds() / span if len(points) > 1 else 0.5
+        return round(left + (width - left - right) * fraction, 1)
 
+    def y_of(value: float) -> float:
+        return round(height - bottom - (height - top - bottom) * (value - low) / (high - low), 1)
+
+    grey = COLOURS["idle"]
     marks = []
     for when, value, run in points:
-        x, y = xy(when, value)
+        x, y = x_of(when), y_of(value)
         label = html.escape(shown(f"{run.run_id}: {metric} {value:.4f} ({run.status})"))
         if run.status in (R.DEPLOYED, R.PARTIALLY_DEPLOYED) or any(
             t.get("status") == "Deployed" for t in run.targets.values()
         ):
-            marks.append(f"<circle class=deployed cx={x} cy={y} r=6 fill='#1a7f37'><title>{label}</title></circle>")
+            marks.append(
+                f"<circle class=deployed cx={x} cy={y} r=6 fill='{COLOURS['ok']}'><title>{label}</title></circle>"
+            )
         elif run.status == R.REJECTED:
             marks.append(
                 f"<path class=rejected d='M{x - 5},{y - 5}L{x + 5},{y + 5}M{x - 5},{y + 5}L{x + 5},{y - 5}' "
-                f"stroke='#cf222e' stroke-width=2.5><title>{label}</title></path>"
+                f"stroke='{COLOURS['warn']}' stroke-width=2.5><title>{label}</title></path>"
             )
         else:
-            marks.append(f"<circle cx={x} cy={y} r=4 fill='#6e7781'><title>{label}</title></circle>")
-    line = " ".join("{},{}".format(*xy(w, v)) for w, v, _ in points)
-    axis = (
-        f"<text x=4 y={pad + 4} font-size=11 fill='#6e7781'>{high:.3f}</text>"
-        f"<text x=4 y={height - pad + 4} font-size=11 fill='#6e7781'>{low:.3f}</text>"
+            marks.append(f"<circle cx={x} cy={y} r=4 fill='{grey}'><title>{label}</title></circle>")
+    line = " ".join(f"{x_of(w)},{y_of(v)}" for w, v, _ in points)
+    base = height - bottom
+    axes = [
+        f"<line x1={left} y1={base} x2={width - right} y2={base} stroke='#d0d7de'/>",
+        f"<text x={left - 6} y={y_of(high) + 4} font-size=11 fill='{grey}' text-anchor=end>{high:.3f}</text>",
+        f"<text x={left - 6} y={y_of(low) + 4} font-size=11 fill='{grey}' text-anchor=end>{low:.3f}</text>",
+    ]
+    ticks = 1 if len(points) == 1 else min(5, len(points))
+    same_day = first.date() == last.date()
+    for i in range(ticks):
+        when = first + (last - first) * (i / (ticks - 1) if ticks > 1 else 0)
+        x = x_of(when) if ticks > 1 else x_of(first)
+        text = when.strftime("%H:%M:%S" if same_day and span < 3600 else "%H:%M" if same_day else "%m-%d %H:%M")
+        axes.append(f"<line class=tick x1={x} y1={base} x2={x} y2={base + 4} stroke='#d0d7de'/>")
+        axes.append(f"<text class=tick x={x} y={base + 16} font-size=11 fill='{grey}' text-anchor=middle>{text}</text>")
+    axes.append(
+        f"<text x={width - right} y={height - 6} font-size=11 fill='{grey}' text-anchor=end>"
+        f"{html.escape(first.strftime('%Y-%m-%d'))} (UTC)</text>"
     )
+    threshold = ""
+    if minimum is not None:
+        y = y_of(minimum)
+        threshold = (
+            f"<line id=gate-min{html.escape(sfx)} x1={left} y1={y} x2={width - right} y2={y} "
+            f"stroke='{COLOURS['bad']}' stroke-dasharray='6 4' stroke-width=1.5><title>gate minimum {minimum:g}</title>"
+            f"</line><text x={width - right} y={y - 4} font-size=11 fill='{COLOURS['bad']}' text-anchor=end>"
+            f"min {minimum:g}</text>"
+        )
     legend = (
-        "<text x=480 y=16 font-size=12><tspan fill='#1a7f37'>● deployed</tspan>  "
-        "<tspan fill='#cf222e'>✕ rejected</tspan>  <tspan fill='#6e7781'>● other</tspan></text>"
+        f"<g class=legend font-size=12 transform='translate({left},18)'>"
+        f"<circle cx=0 cy=-4 r=5 fill='{COLOURS['ok']}'/><text x=10 y=0>deployed</text>"
+        f"<path d='M84,-9L94,1M84,1L94,-9' stroke='{COLOURS['warn']}' stroke-width='2.5'/>"
+        "<text x=100 y=0>rejected</text>"
+        f"<circle cx=172 cy=-4 r=4 fill='{grey}'/><text x=182 y=0>other</text>"
+        + (
+            f"<line x1=236 y1=-4 x2=256 y2=-4 stroke='{COLOURS['bad']}' stroke-dasharray='6 4'/>"
+            f"<text x=262 y=0>gate minimum</text>"
+            if minimum is not None
+            else ""
+        )
+        + "</g>"
     )
     return (
         f"<svg id=chart{html.escape(sfx)} width={width} height={height} viewBox='0 0 {width} {height}' role=img "
         f"aria-label='{html.escape(metric)} over time' style='background:#fff;border:1px solid #e1e4e8'>"
-        f"<polyline points='{line}' fill=none stroke='#8c959f' stroke-dasharray='4 3'/>{axis}{legend}"
-        f"{''.join(marks)}</svg>"
+        f"{''.join(axes)}{threshold}<polyline points='{line}' fill=none stroke='#8c959f' stroke-dasharray='4 3'/>"
+        f"{legend}{''.join(marks)}</svg>"
     )

@@ -20,9 +20,10 @@ ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
 
 @pytest.fixture
-def seeded(loop_env, fresh_emulator):
-    """A deployed run, a rejected run, and an upload superseded by the deployed one's successor."""
-    host = LocalHost(function_app.app, loop_env, visibility_timeout=0)
+def seeded(loop_env, fresh_emulator, monkeypatch):
+    """A deployed run and a rejected one, judged with a gate minimum."""
+    monkeypatch.setenv("GATE_MIN", "0.55")
+    host = LocalHost(function_app.app, {**loop_env, "GATE_MIN": "0.55"}, visibility_timeout=0)
     svc = workflow.get_services()
     svc.storage.ensure_container(svc.settings.training_container)
     made = {}
@@ -145,8 +146,35 @@ def test_the_page_is_self_contained_and_marks_deploys_and_rejections(seeded):
     assert re.findall(r"""(?:src|href)=["']?https?://""", page) == []  # nothing from a CDN
     assert page.count("class=deployed") == 1 and page.count("class=rejected") == 1
     assert API_KEY not in page
-    link = re.search(r'<a href="(runs/[^"]+)"', page).group(1).replace("&amp;", "&")
-    assert requests.get(f"{base}/api/{link}", timeout=5).json()["run_id"] in made.values()  # links keep the key
+    link = re.search(r'<a href="(status/runs/[^"]+)"', page).group(1).replace("&amp;", "&")
+    assert requests.get(f"{base}/api/{link}", timeout=5).status_code == 200  # links keep the key
+    # the chart: a time axis, the gate's minimum, and a legend in the badges' colours
+    assert page.count("class=tick") >= 4 and "id=gate-min" in page and "min 0.55" in page
+    assert "class=legend" in page and "gate minimum" in page
+    assert "stroke='#9a6700'" in page and ".warn { background: #9a6700; }" in page  # rejected: amber, both
+
+
+def test_a_run_has_a_readable_page_with_its_json_one_click_away(seeded):
+    _, base, made = seeded
+    good = made["good.csv"]
+    response = requests.get(f"{base}/api/status/runs/{good}", params={"code": FUNCTION_KEY}, timeout=10)
+    assert response.status_code == 200 and response.headers["Content-Type"].startswith("text/html")
+    page = response.text
+    assert f"<span class=mono>{good}</span> <span class='badge ok'>Deployed</span>" in page
+    history = re.search(r"<table id=history>(.*?)</table>", page, re.S).group(1)
+    assert [m for m in ("Requested", "Submitted", "Running", "Approved", "Deploying", "Deployed") if m in history]
+    assert history.count("<tr>") == len(get(base, f"runs/{good}").json()["history"]) + 1
+    deploys = re.search(r"<table id=deploys>(.*?)</table>", page, re.S).group(1)
+    assert "arm" in deploys and "classic" in deploys and deploys.count("Deployed") == 2
+    assert "AUC <span class=muted>(gate)</span>" in page and "id=gate" in page
+    assert API_KEY not in page and re.findall(r"""(?:src|href)=["']?https?://""", page) == []
+    json_link = re.search(r'<a id=json href="([^"]+)"', page).group(1).replace("&amp;", "&")
+    resolved = requests.get(f"{base}/api/status/runs/{json_link}", timeout=10)  # relative to the run page
+    assert resolved.json()["run_id"] == good
+    rejected = requests.get(f"{base}/api/status/runs/{made['degraded.csv']}", params={"code": FUNCTION_KEY}, timeout=10)
+    assert "<span class='badge warn'>Rejected</span>" in rejected.text
+    missing = requests.get(f"{base}/api/status/runs/20991231T000000Z-0000000000000000", params={"code": FUNCTION_KEY})
+    assert missing.status_code == 404
 
 
 @pytest.mark.skipif(
@@ -189,6 +217,15 @@ def test_the_page_in_a_real_headless_chromium(seeded):
         path = ARTIFACTS / "status-page.png"
         assert driver.save_screenshot(str(path))
         assert path.stat().st_size > 10_000
-        print(f"screenshot: {path}")
+        assert chart.find_elements(By.CSS_SELECTOR, "text.tick") and chart.find_elements(By.ID, "gate-min")
+        driver.find_element(By.LINK_TEXT, made["good.csv"]).click()
+        assert driver.title == f"Retraining autopilot — run {made['good.csv']}"
+        rows = driver.find_elements(By.CSS_SELECTOR, "#history tr")[1:]
+        assert len(rows) >= 6 and "Deployed" in rows[-1].text
+        run_page = ARTIFACTS / "run-page.png"
+        assert driver.save_screenshot(str(run_page)) and run_page.stat().st_size > 10_000
+        driver.find_element(By.ID, "json").click()
+        assert made["good.csv"] in driver.find_element(By.TAG_NAME, "body").text
+        print(f"screenshots: {path}, {run_page}")
     finally:
         driver.quit()
