@@ -230,6 +230,12 @@ class BesTrainer:
 
     kind = "bes"
     cancel_grace = SAS_MARGIN
+    # The columns Studio (classic)'s Evaluate Model writes: binary classification, then regression.
+    known_metrics = (
+        "Accuracy", "Precision", "Recall", "F-Score", "AUC", "Average Log Loss", "Training Log Loss",
+        "Negative Log Likelihood", "Mean Absolute Error", "Root Mean Squared Error", "Relative Absolute Error",
+        "Relative Squared Error", "Coefficient of Determination",
+    )  # fmt: skip
 
     def __init__(self, config: BesConfig, storage, *, models_container: str, job_timeout_minutes: int, client) -> None:
         self.config, self.storage = config, storage

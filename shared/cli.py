@@ -131,6 +131,9 @@ class Report:
     def ok(self, what: str, detail: str = "") -> None:
         print(f"  ok    {what}" + (f": {detail}" if detail else ""))
 
+    def warn(self, what: str, detail: str) -> None:
+        print(f"  WARN  {what}: {redact(detail)}")
+
     def fail(self, what: str, detail: str) -> None:
         self.failures += 1
         print(f"  FAIL  {what}: {redact(detail)}")
@@ -199,6 +202,7 @@ def _check_trainer(svc, pipeline, report: Report) -> None:
     except ServiceError as exc:
         report.fail(trainer.kind.upper(), str(exc))
         return
+    _check_gate_metric(svc, pipeline, trainer, report)
     try:
         blob = svc.storage.blob_ref(svc.settings.training_container, newest_training_blob(svc, pipeline))
     except NothingToTrain as exc:
@@ -209,6 +213,21 @@ def _check_trainer(svc, pipeline, report: Report) -> None:
         return
     run = Run.for_blob(pipeline.name, blob, "check", "check", utcnow())
     report.show(*trainer.preview(run, utcnow()))  # computed locally: SAS tokens are signed, not requested
+
+
+def _check_gate_metric(svc, pipeline, trainer, report: Report) -> None:
+    """Is the gate's metric one the service reports? The columns of the newest evaluation on record,
+    else those the trainer kind is known to write. A warning, not a failure: a custom evaluation may
+    name columns of its own."""
+    runs, _ = svc.store.page_runs(pipeline.name, limit=20)
+    evaluated = next((r for r in runs if r.metrics), None)
+    columns = tuple(evaluated.metrics) if evaluated else tuple(getattr(trainer, "known_metrics", ()))
+    source = f"run {evaluated.run_id}'s evaluation" if evaluated else f"what {trainer.kind.upper()} evaluations report"
+    metric = pipeline.gate.metric
+    if not columns or any(c.lower() == metric.lower() for c in columns):
+        report.ok(f"gate metric {metric}", f"reported ({source})" if columns else "not checked")
+    else:
+        report.warn(f"gate metric {shown(metric)!r}", f"not among the columns of {source}: {', '.join(columns)}")
 
 
 def _check_target(svc, target, report: Report) -> None:

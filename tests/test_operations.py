@@ -274,3 +274,13 @@ def test_up_runs_the_loop_for_the_cli_until_sigterm_and_then_leaves_nothing_behi
         rc = process.wait(30)
     assert rc == 0
     assert children_of(process.pid) == [] and all(not Path(f"/proc/{c}/stat").exists() for c in children)
+
+
+def test_check_warns_when_the_gate_metric_is_not_a_column_the_service_reports(empty, tmp_path, capsys):
+    assert cli.main(["check", "--settings", settings_file(tmp_path, {**empty, "GATE_METRIC": "Bogus"})]) == 0
+    out = capsys.readouterr().out
+    [line] = [line for line in out.splitlines() if "gate metric" in line]
+    assert line.startswith("  WARN  gate metric 'Bogus': not among the columns of what BES evaluations report:")
+    assert "AUC" in line and "Coefficient of Determination" in line
+    assert cli.main(["check", "--settings", settings_file(tmp_path, {**empty, "GATE_METRIC": "auc"})]) == 0
+    assert "  ok    gate metric auc: reported" in capsys.readouterr().out  # case-insensitive, as the gate reads it
