@@ -17,6 +17,7 @@ setup() {
   "$python" -c 'import sys; sys.exit(sys.version_info < (3, 10))' \
     || { echo "dev.sh: Python 3.10 or newer is required ($python is $("$python" --version 2>&1))" >&2; exit 1; }
   if [ ! -x .venv/bin/python ] || [ requirements.txt -nt .venv/.installed ] || [ requirements-dev.txt -nt .venv/.installed ]; then
+    echo "dev.sh: installing the Python environment (.venv from requirements-dev.txt; about a minute the first time) ..." >&2
     "$python" -m venv .venv
     .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
     .venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
@@ -24,6 +25,7 @@ setup() {
   fi
   if [ ! -x node_modules/.bin/azurite ] || [ package-lock.json -nt node_modules/.installed ]; then
     command -v npm >/dev/null || { echo "dev.sh: npm (Node.js 18+) is required for Azurite" >&2; exit 1; }
+    echo "dev.sh: installing Azurite (npm ci, from package-lock.json) ..." >&2
     npm ci --no-audit --no-fund --loglevel=error
     touch node_modules/.installed
   fi

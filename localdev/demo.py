@@ -14,12 +14,15 @@ import contextlib
 import json
 import logging
 import secrets
+import shutil
 import sys
 import time
 from pathlib import Path
 
 from localdev.runner import LocalHost
 from localdev.services import Azurite, EmulatorProcess, stop_on_sigterm
+from shared.status import STEPS
+from shared.terminal import Progress, print_table
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "emulator" / "data" / "sample-training.csv"
@@ -33,13 +36,14 @@ def say(text: str = "") -> None:
     print(text, flush=True)
 
 
-def table(rows: list[list[str]], header: list[str]) -> str:
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
+def fit(line: str) -> str:
+    """One line that fits the terminal, cut at a word with an ellipsis (not mid-word)."""
+    width = max(shutil.get_terminal_size((120, 24)).columns - 1, 60)
+    return line if len(line) <= width else line[: width - 1].rsplit(" ", 1)[0] + " …"
 
-    def line(row: list[str]) -> str:
-        return "  ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=False)).rstrip()
 
-    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
+def table(rows: list[list[str]], header: list[str]) -> None:
+    print_table(rows, header, empty="(none)")
 
 
 def scores(emulator: EmulatorProcess, api_key: str) -> dict[str, list[float]]:
@@ -133,21 +137,25 @@ def demo(argv: list[str] | None) -> int:
             say(f"\nUploading {name} to training-data/ ...")
             svc.storage.blobs.get_blob_client("training-data", name).upload_blob(data, overwrite=True)
             deadline = time.monotonic() + args.timeout
-            while time.monotonic() < deadline:
-                for invocation in host.scan_blobs() + host.tick_timers() + host.pump_queues():
-                    if not invocation.ok:
-                        say(f"  [host] {invocation.function} failed: {invocation.error}")
-                for run in svc.store.list_runs(svc.settings.pipeline):
-                    for entry in run.history[seen.get(run.run_id, 0) :]:
-                        if "to" in entry:  # each state change, as recorded
-                            say(
-                                f"  [run {run.run_id}] {entry['to']:<10} by {entry['by'].split('/')[0]:<13} "
-                                f"{entry['reason'][:80]}"
-                            )
-                    seen[run.run_id] = len(run.history)
-                    if run.blob_name == name and run.ended:
-                        return run
-                time.sleep(0.25)
+            with Progress(len(STEPS)) as progress:
+                while time.monotonic() < deadline:
+                    for invocation in host.scan_blobs() + host.tick_timers() + host.pump_queues():
+                        if not invocation.ok:
+                            progress.note(fit(f"  [host] {invocation.function} failed: {invocation.error}"))
+                    for run in svc.store.list_runs(svc.settings.pipeline):
+                        for entry in run.history[seen.get(run.run_id, 0) :]:
+                            if "to" in entry:  # each state change, as recorded
+                                by = entry["by"].split("/")[0]
+                                progress.note(
+                                    fit(f"  [run {run.run_id}] {entry['to']:<10} by {by:<13} {entry['reason']}")
+                                )
+                        seen[run.run_id] = len(run.history)
+                        if run.blob_name == name:
+                            if run.ended:
+                                return run
+                            step = STEPS.index(run.status) + 1 if run.status in STEPS else 0
+                            progress.update(step, f"{name}: {run.status}")
+                    time.sleep(0.25)
             raise TimeoutError(f"the run for {name} did not end within {args.timeout:.0f}s")
 
         good = upload_and_follow("census-2026-11.csv", SAMPLE.read_bytes())
@@ -156,7 +164,7 @@ def demo(argv: list[str] | None) -> int:
         after_bad = scores(emulator, api_key)
 
         say("\nRuns (table retrainingruns):")
-        say(
+        (
             table(
                 [
                     [
@@ -188,9 +196,9 @@ def demo(argv: list[str] | None) -> int:
                     svc.deployer(target).live() or "-",
                 ]
             )
-        say(table(rows, ["target", "kind", "live run", "AUC", "since", "service reports"]))
+        table(rows, ["target", "kind", "live run", "AUC", "since", "service reports"])
         say("\nScoring the same two rows (probability of the positive class):")
-        say(
+        (
             table(
                 [
                     [
@@ -299,7 +307,7 @@ def pipelines_story(svc, host, timeout: float) -> bool:
             for run in svc.store.list_runs(pipeline):
                 for entry in run.history[seen.get(run.run_id, 0) :]:
                     if "to" in entry:
-                        say(f"  [{pipeline:<6} {run.run_id[-8:]}] {entry['to']:<10} {entry['reason'][:90]}")
+                        say(fit(f"  [{pipeline:<6} {run.run_id[-8:]}] {entry['to']:<10} {entry['reason']}"))
                 seen[run.run_id] = len(run.history)
                 if run.ended:
                     ended[run.blob_name] = run
@@ -319,13 +327,13 @@ def pipelines_story(svc, host, timeout: float) -> bool:
         [v["name"], v["blob_prefix"], v["gate"]["metric"], ", ".join(v["targets"]), v["active_run"] or "-"]
         for v in status.list_pipelines(svc)
     ]
-    say(table(rows, ["pipeline", "uploads under", "gate", "targets", "active run"]))
+    table(rows, ["pipeline", "uploads under", "gate", "targets", "active run"])
     say("\nLive on each target:")
     rows = [
         [t["name"], t["pipeline"], t["live_run"] or "-", f"{t['metric']['name']} {t['metric']['value'] or 0:.4f}"]
         for t in status.list_targets(svc)
     ]
-    say(table(rows, ["target", "pipeline", "live run", "metric"]))
+    table(rows, ["target", "pipeline", "live run", "metric"])
     ok = all(getattr(run, "status", None) == "Deployed" for run in ended.values()) and len(ended) == 2 and unrouted
     say(
         "\n"

@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Mapping
 
 from shared.redact import redact, shown
+from shared.terminal import Progress, print_table
 
 
 class UserError(Exception):
@@ -294,13 +295,6 @@ def _read_services(args: argparse.Namespace):
     return build_services(Settings.from_env(load_settings_values(args.settings), for_reading=True), create=False)
 
 
-def _table(rows: list[list[str]], header: list[str]) -> str:
-    rows = [[shown(cell) for cell in row] for row in rows]  # a name cannot reorder or forge a line
-    widths = [max(len(str(x)) for x in column) for column in zip(header, *rows, strict=False)]
-    lines = [header, ["-" * w for w in widths], *rows]
-    return "\n".join("  ".join(str(x).ljust(w) for x, w in zip(line, widths, strict=False)).rstrip() for line in lines)
-
-
 def runs_command(args: argparse.Namespace) -> int:
     from shared import status
 
@@ -325,21 +319,9 @@ def runs_command(args: argparse.Namespace) -> int:
         ]
         for r in page["runs"]
     ]
-    print(
-        _table(
-            rows,
-            [
-                "run",
-                "status",
-                "training data",
-                page["runs"][0]["metric"]["name"] if rows else "metric",
-                "targets",
-                "updated (UTC)",
-            ],
-        )
-        if rows
-        else "no runs yet"
-    )
+    metric = page["runs"][0]["metric"]["name"] if rows else "metric"
+    header = ["run", "status", "training data", metric, "targets", "updated (UTC)"]
+    print_table(rows, header, empty="no runs yet")
     if page["next_cursor"]:
         print(f"more: --cursor {page['next_cursor']}")
     return 0
@@ -399,11 +381,8 @@ def targets_command(args: argparse.Namespace) -> int:
         ]
         for t in targets
     ]
-    print(
-        _table(rows, ["target", "kind", "pipeline", "live run", "metric", "since (UTC)", "replaced", "note"])
-        if rows
-        else "no targets"
-    )
+    header = ["target", "kind", "pipeline", "live run", "metric", "since (UTC)", "replaced", "note"]
+    print_table(rows, header, empty="no targets")
     return 0
 
 
@@ -427,9 +406,8 @@ def pipelines_command(args: argparse.Namespace) -> int:
         ]
         for v in views
     ]
-    print(
-        _table(rows, ["pipeline", "uploads under", "trainer", "gate", "targets", "active run", "waiting", "last error"])
-    )
+    header = ["pipeline", "uploads under", "trainer", "gate", "targets", "active run", "waiting", "last error"]
+    print_table(rows, header, empty="no pipelines")
     return 0
 
 
@@ -441,7 +419,7 @@ def unrouted_command(args: argparse.Namespace) -> int:
         print(json.dumps(uploads, indent=2, default=str))
         return 0
     rows = [[u["blob"], (u["recorded_at"] or "")[:19], u["reason"]] for u in uploads]
-    print(_table(rows, ["training data", "recorded (UTC)", "why nothing started"]) if rows else "no unrouted uploads")
+    print_table(rows, ["training data", "recorded (UTC)", "why nothing started"], empty="no unrouted uploads")
     return 0
 
 
@@ -452,31 +430,26 @@ def tail_command(args: argparse.Namespace) -> int:
     from shared import status
 
     svc = _read_services(args)
-    interactive = sys.stdout.isatty()
-    seen, started, spinner = 0, time.monotonic(), "|/-\\"
-    while True:
-        run = status.find_run(svc, args.run_id, args.pipeline)
-        if run is None:
-            print(f"no run {args.run_id}", file=sys.stderr)
-            return 1
-        for entry in run.history[seen:]:
-            if interactive:
-                print("\r\033[K", end="")
-            move = f"-> {entry['to']}" if "to" in entry else "  note"
-            print(shown(f"{entry['at']}  {move:<20} {entry.get('reason') or entry.get('event')}"))
-        seen = len(run.history)
-        if run.ended:
-            print(f"{run.run_id} ended {run.status}")
-            return 0 if run.status in ("Deployed", "Finished", "Rejected", "Superseded") else 1
-        elapsed = time.monotonic() - started
-        if args.timeout and elapsed > args.timeout:
-            print(f"\nstill {run.status} after {args.timeout:.0f}s; stopped following")
-            return 2
-        if interactive:
+    seen, started = 0, time.monotonic()
+    with Progress(len(status.STEPS)) as progress:
+        while True:
+            run = status.find_run(svc, args.run_id, args.pipeline)
+            if run is None:
+                print(f"no run {shown(args.run_id)}", file=sys.stderr)
+                return 1
+            for entry in run.history[seen:]:
+                move = f"-> {entry['to']}" if "to" in entry else "  note"
+                progress.note(f"{entry['at']}  {move:<20} {entry.get('reason') or entry.get('event')}")
+            seen = len(run.history)
+            if run.ended:
+                progress.note(f"{run.run_id} ended {run.status}")
+                return 0 if run.status in ("Deployed", "Finished", "Rejected", "Superseded") else 1
+            if args.timeout and time.monotonic() - started > args.timeout:
+                progress.note(f"still {run.status} after {args.timeout:.0f}s; stopped following")
+                return 2
             step = status.STEPS.index(run.status) + 1 if run.status in status.STEPS else 0
-            bar = "#" * step + "." * (len(status.STEPS) - step)
-            print(f"\r{spinner[int(elapsed * 4) % 4]} [{bar}] {run.status:<10} {int(elapsed)}s", end="", flush=True)
-        time.sleep(args.interval)
+            progress.update(step, f"{run.status} ({step}/{len(status.STEPS)})")
+            time.sleep(args.interval)
 
 
 # --- commands log ---------------------------------------------------------------------------------

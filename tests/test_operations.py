@@ -284,3 +284,18 @@ def test_check_warns_when_the_gate_metric_is_not_a_column_the_service_reports(em
     assert "AUC" in line and "Coefficient of Determination" in line
     assert cli.main(["check", "--settings", settings_file(tmp_path, {**empty, "GATE_METRIC": "auc"})]) == 0
     assert "  ok    gate metric auc: reported" in capsys.readouterr().out  # case-insensitive, as the gate reads it
+
+
+def test_on_a_terminal_tables_are_drawn_by_rich_and_a_name_is_never_markup(monkeypatch, capsys):
+    from shared import terminal
+
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    terminal.print_table([["[red]forged[/red]\u202egpj.csv", "1"]], ["training data", "n"], empty="none")
+    out = capsys.readouterr().out
+    assert "[red]forged[/red]\\u202egpj.csv" in out  # shown as typed, escapes and all
+    assert "training data" in out and "───" in out  # rich's rule under the header, not dashes
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: False)
+    terminal.print_table([["a", "1"]], ["training data", "n"], empty="none")
+    assert capsys.readouterr().out.splitlines() == ["training data  n", "-------------  -", "a              1"]
+    terminal.print_table([], ["x"], empty="no runs yet")
+    assert capsys.readouterr().out == "no runs yet\n"
