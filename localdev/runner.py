@@ -397,3 +397,7 @@ class LocalHost:
             log.warning("%s failed: %s: %s", name, type(exc).__name__, exc)
             return Invocation(name, trigger, ok=False, error=f"{type(exc).__name__}: {exc}")
         return Invocation(name, trigger, ok=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit("localdev.runner is the local host's library, not a command: to run the app locally, ./dev.sh up")

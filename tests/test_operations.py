@@ -110,13 +110,18 @@ def test_a_bad_or_missing_settings_file_is_one_line_and_exit_code_2(tmp_path, ca
     assert one_line(out.err).startswith(expected.format(path=path)), out.err
 
 
-def test_unreachable_storage_is_one_line_naming_it_with_exit_code_1(env, tmp_path, capsys):
+@pytest.mark.parametrize(
+    "command", [*READERS, "run 20261125T101500Z-1a2b3c4d5e6f7a8b", "tail 20261125T101500Z-1a2b3c4d5e6f7a8b"]
+)
+def test_unreachable_storage_is_one_line_naming_it_with_exit_code_1(env, tmp_path, capsys, command):
     dead = re.sub(
         r"TableEndpoint=http://127.0.0.1:\d+",
         f"TableEndpoint=http://127.0.0.1:{free_port()}",
         env["AzureWebJobsStorage"],
     )
-    assert cli.main(["runs", "--settings", settings_file(tmp_path, {**env, "AzureWebJobsStorage": dead})]) == 1
+    assert (
+        cli.main([*command.split(), "--settings", settings_file(tmp_path, {**env, "AzureWebJobsStorage": dead})]) == 1
+    )
     line = one_line(capsys.readouterr().err)
     assert line.startswith("error: cannot reach storage:") and line.endswith("(is Azurite running? ./dev.sh up)")
 
