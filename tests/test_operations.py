@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import requests
 
 from localdev.services import ROOT, free_port, fresh_names
 from shared import cli
@@ -272,6 +273,21 @@ def test_up_runs_the_loop_for_the_cli_until_sigterm_and_then_leaves_nothing_behi
         targets = json.loads(cli_run("targets", "--json").stdout)
         assert {t["name"]: t["live_run"] for t in targets} == {"classic-retrain": run_id, "arm-census": run_id}
         assert cli_run("check").returncode == 0
+        sent = cli_run("send", "rollback", "classic-retrain", "--reason", "e2e", "--request-id", "e2e-rollback-1")
+        assert sent.returncode == 0, sent.stderr
+        deadline, outcome = time.monotonic() + 30, None
+        while outcome is None and time.monotonic() < deadline:
+            log = [json.loads(line) for line in cli_run("commands").stdout.splitlines() if line.startswith("{")]
+            outcome = next(
+                (c for c in log if c["RowKey"] == "req:e2e-rollback-1" and c["status"] != "InProgress"), None
+            )
+            time.sleep(0.5)
+        assert outcome and outcome["reason"] == "target classic-retrain has no earlier model to roll back to"
+        page_url = re.search(r"Status page: (\S+)", seen).group(1)
+        page = requests.get(page_url, timeout=10).text
+        run_link = re.search(r'href="(status/runs/[^"]+)"', page).group(1).replace("&amp;", "&")
+        run_page = requests.get(page_url.split("/api/")[0] + "/api/" + run_link, timeout=10)
+        assert run_page.status_code == 200 and run_id in run_page.text and "<table id=history>" in run_page.text
         children = children_of(process.pid)
         assert len(children) == 2  # Azurite and the emulator
     finally:
