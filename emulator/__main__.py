@@ -62,6 +62,9 @@ def main(argv: list[str] | None = None) -> None:
                 "arm_resource_id": arm.resource_id if arm else None,
                 "identity_endpoint": f"{url}/msi/token",
                 "identity_header": services.identity.header_secret,
+                "v2_workspace": next(iter(services.v2.workspaces.values())).resource_id,
+                "v2_datastore": "autopilot_training",
+                "v2_batch_endpoint": "retrain-census",
             }
         ),
         flush=True,

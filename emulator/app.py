@@ -17,6 +17,8 @@ from emulator.predictive import (
     seed_arm,
 )
 from emulator.server import Emulator
+from emulator.v2 import AzureMLv2
+from emulator.v2 import seed as seed_v2
 
 DEFAULT_WORKSPACE = "0a1b2c3d4e5f40718293a4b5c6d7e8f9"
 DEFAULT_SERVICE = "f9e8d7c6b5a4493827160f5e4d3c2b1a"
@@ -36,6 +38,7 @@ class Services:
     arm: ArmWebServices
     identity: Identity
     seed: Callable[[], None]
+    v2: AzureMLv2 | None = None
 
     def serve(self, host: str = "127.0.0.1", port: int = 0) -> str:
         """Serve, then seed (URLs in the seeded definitions name the bound port)."""
@@ -64,6 +67,7 @@ def create(
     classic = ClassicManagement(emulator)
     identity = Identity(emulator, identity_header or secrets.token_urlsafe(24))
     arm = ArmWebServices(emulator, identity)
+    v2 = AzureMLv2(emulator, identity)
 
     def seed() -> None:
         bes.services.clear()
@@ -89,6 +93,12 @@ def create(
         arm.services.clear()
         arm.operations.clear()
         arm.storage_connection_string = storage_connection_string
+        seed_v2(
+            v2,
+            subscription=SUBSCRIPTION,
+            resource_group=RESOURCE_GROUP,
+            storage_connection_string=storage_connection_string,
+        )
         if storage_connection_string:
             seed_arm(
                 arm,
@@ -100,4 +110,4 @@ def create(
             ).model = initial_model()
 
     emulator.on_reset(seed)
-    return Services(emulator, bes, classic, arm, identity, seed)
+    return Services(emulator, bes, classic, arm, identity, seed, v2)
