@@ -130,7 +130,10 @@ class Verdict:
 
 def decide(gate: Gate, value: float, champions: Mapping[str, float | None]) -> Verdict:
     """Judge ``value`` against the live model of each target (``champions``: target -> its live value)."""
-    if not champions:
+    if not champions:  # nothing to deploy to: the floor still judges (a model registry keeps only what passes)
+        floor = judge(gate.metric, value, champion=None, floor=gate.min, min_improvement=gate.min_improvement)
+        if not floor.approved:
+            return Verdict("Rejected", f"{floor.reason}; no deploy target is configured", {})
         return Verdict("Finished", f"{gate.metric} {value:.4f}; no deploy target is configured", {})
     decisions = {
         name: judge(gate.metric, value, champion=live, floor=gate.min, min_improvement=gate.min_improvement).as_record()

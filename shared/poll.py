@@ -256,6 +256,7 @@ def _resubmit(svc, run: Run, actor: str, details: str) -> Outcome:
             job_id=None,
             error={"code": "JobFailed", "message": details},
             attempts=current.attempts + 1,
+            resubmissions=current.resubmissions + 1,
             lease_owner=actor,
             lease_until=now + LEASE,
         )
@@ -276,6 +277,10 @@ def _judge(svc, run: Run, actor: str, state: JobState) -> Outcome:
     except gate.EvaluationError as exc:
         error = {"code": exc.code, "message": str(exc)}
         return _end(svc, run, actor, R.FAILED, f"evaluation cannot be judged: {exc}", error=error)
+    except ServiceError as exc:  # the service holding the metrics failed (a v2 workspace's MLflow, say)
+        if exc.transient:
+            return _check_failed(svc, run, actor, utcnow(), exc.as_record())  # again next tick, until the deadline
+        return _end(svc, run, actor, R.FAILED, f"evaluation cannot be read: {exc}", error=exc.as_record())
     champions = {
         name: gate.metric(svc.targets.get(name).live_metrics, pipeline.gate.metric)
         for name in pipeline.targets

@@ -135,6 +135,7 @@ class Run:
     blob_last_modified: dt.datetime | None = None
     job_id: str | None = None
     attempts: int = 0
+    resubmissions: int = 0  # failed jobs replaced by a new one (RESUBMIT_FAILED_JOBS): names the next job
     check_failures: int = 0  # status checks of the job that failed (any reason), all told
     last_check_error: dict[str, Any] | None = None
     lease_owner: str | None = None

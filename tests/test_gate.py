@@ -72,3 +72,12 @@ def test_one_metric_lookup_matches_names_case_insensitively():
 
     assert metric({"Average Log Loss": 0.3}, "average log loss") == 0.3
     assert metric({"AUC": 0.8}, "Accuracy") is None and metric(None, "AUC") is None
+
+
+def test_with_no_deploy_target_the_floor_still_judges():
+    from shared.gate import Gate, decide
+
+    assert decide(Gate("AUC", 0.6, 0.0), 0.71, {}).status == "Finished"
+    rejected = decide(Gate("AUC", 0.6, 0.0), 0.52, {})
+    assert rejected.status == "Rejected" and "misses the minimum" in rejected.reason
+    assert decide(Gate("AUC", None, 0.0), 0.1, {}).status == "Finished"  # no floor: nothing to miss
