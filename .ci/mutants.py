@@ -445,6 +445,48 @@ def _slot(""",
         "        for entry in run.history[:1]\n    ]",
         ("tests/test_status.py::test_a_run_has_a_readable_page_with_its_json_one_click_away",),
     ),
+    Mutant(
+        "a v2 job's name is not derived from the run (a retried submission makes a second job)",
+        "shared/azureml.py",
+        'return f"autopilot-{run.run_id.lower()}-{int(run.resubmissions or 0) + 1}"',
+        'return f"autopilot-{time.time_ns()}"',
+        ("tests/test_azureml.py::test_a_retried_submission_puts_the_same_job_again_never_a_second",),
+    ),
+    Mutant(
+        "a batch invocation is sent with the ARM token",
+        "shared/azureml.py",
+        '"submit", "POST", scoring, scope=ML_SCOPE, kind="azureml_inference"',
+        '"submit", "POST", scoring, scope=ARM_SCOPE, kind="azureml_inference"',
+        ("tests/test_azureml.py::test_a_v2_pipeline_trains_beside_a_bes_one_and_is_judged_on_its_mlflow_metrics",),
+    ),
+    Mutant(
+        "the gate's metric on a child run is not looked for",
+        "shared/azureml.py",
+        "        if len(carrying) == 1:\n",
+        "        if False:\n",
+        ("tests/test_azureml.py::test_the_metric_on_a_child_run_is_found_and_a_rejected_run_is_judged_so",),
+    ),
+    Mutant(
+        "a token goes to any host a v2 answer names",
+        "shared/azureml.py",
+        "            hosts.check(host, kind, self._extra)\n",
+        "            pass\n",
+        ("tests/test_azureml.py::test_a_token_never_goes_to_an_mlflow_host_the_allow_list_does_not_know",),
+    ),
+    Mutant(
+        "a transient failure reading the metrics fails the run",
+        "shared/poll.py",
+        "        if exc.transient:\n            return _check_failed(svc, run, actor, utcnow(), exc.as_record())",
+        "        if False:\n            return _check_failed(svc, run, actor, utcnow(), exc.as_record())",
+        ("tests/test_azureml.py::test_a_transient_mlflow_failure_is_retried_on_the_next_tick",),
+    ),
+    Mutant(
+        "with no deploy target the gate's floor is ignored",
+        "shared/gate.py",
+        "        if not floor.approved:\n",
+        "        if False:\n",
+        ("tests/test_gate.py::test_with_no_deploy_target_the_floor_still_judges",),
+    ),
 ]
 
 

@@ -38,11 +38,18 @@ ARM_HOSTS = frozenset(
 STORAGE = re.compile(
     r"[a-z0-9]{3,24}\.(blob|queue|table|dfs)\.core\.(windows\.net|usgovcloudapi\.net|chinacloudapi\.cn|cloudapi\.de)"
 )
+# Azure ML (v2) data planes a workspace names for itself: its MLflow tracking host
+# (<region>.api.azureml.ms; .api.ml.azure.us / .cn in the sovereign clouds) and endpoints' scoring
+# hosts (<endpoint>.<region>.inference.ml.azure.com / .us / .cn).
+AZUREML_MLFLOW = re.compile(r"[a-z0-9-]+\.(api\.azureml\.ms|api\.ml\.azure\.(us|cn))")
+AZUREML_INFERENCE = re.compile(r"[a-z0-9-]+\.[a-z0-9-]+\.inference\.ml\.azure\.(com|us|cn)")
 KINDS = {
     "storage": lambda host: bool(STORAGE.fullmatch(host)),
     "bes": lambda host: bool(CLASSIC_RUNTIME.fullmatch(host)),
     "classic": lambda host: bool(CLASSIC_MANAGEMENT.fullmatch(host)),
     "arm": lambda host: host in ARM_HOSTS,
+    "azureml_mlflow": lambda host: bool(AZUREML_MLFLOW.fullmatch(host)),
+    "azureml_inference": lambda host: bool(AZUREML_INFERENCE.fullmatch(host)),
 }
 _NAME = re.compile(r"(\*\.)?([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}")
 

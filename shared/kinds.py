@@ -12,7 +12,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-TRAINERS = {"bes": "shared.bes"}
+TRAINERS = {"bes": "shared.bes", "azureml": "shared.azureml"}
 TARGETS = {"classic": "shared.classic", "arm": "shared.arm"}
 
 

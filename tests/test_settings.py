@@ -1,5 +1,7 @@
 """Settings are validated once, with one clear message naming the bad setting."""
 
+import re
+
 import pytest
 
 from shared.settings import AZURITE_CONNECTION_STRING, Settings, SettingsError, blob_trigger_source, jobs_url
@@ -325,7 +327,7 @@ def test_without_pipelines_the_flat_settings_are_the_one_pipeline():
         (
             [pipeline(trainer={"kind": "sagemaker"})],
             "PIPELINES",
-            "pipeline 'census' trainer: must be an object whose kind is one of bes",
+            "pipeline 'census' trainer: must be an object whose kind is one of bes, azureml",
         ),
         ([pipeline(trainer={"kind": "bes"})], "PIPELINES", "pipeline 'census' trainer: is missing jobs_url"),
         (
@@ -397,3 +399,49 @@ def test_each_pipeline_schedule_is_a_timer_of_its_own():
 def test_the_poll_schedule_is_not_taken_for_the_retrain_schedule():
     settings = Settings.from_env({**BASE, "POLL_SCHEDULE": "*/5 * * * * *", "RETRAIN_SCHEDULE": "0 0 3 * * *"})
     assert (settings.poll_schedule, settings.retrain_schedule) == ("*/5 * * * * *", "0 0 3 * * *")
+
+
+WORKSPACE = "/subscriptions/s/resourceGroups/rg/providers/Microsoft.MachineLearningServices/workspaces/autopilot-ws"
+
+
+def v2(**fields):
+    trainer = {"kind": "azureml", "workspace": WORKSPACE, "datastore": "training", "model_name": "census"}
+    return pipeline(trainer={**trainer, **fields})
+
+
+def test_an_azureml_trainer_is_parsed_exactly_with_its_defaults():
+    s = Settings.from_env(pipelines_env([v2(job={"command": "python train.py", "environmentId": "azureml:env:1"})]))
+    [census] = s.pipelines
+    t = census.trainer
+    assert (t.kind, t.workspace, t.datastore, t.model_name, t.batch_endpoint) == (
+        "azureml", WORKSPACE, "training", "census", None,
+    )  # fmt: skip
+    assert (t.input_name, t.model_output, t.model_type, t.metrics_run, t.api_version, t.management_url) == (
+        "training_data", "model", "mlflow_model", "auto", "2025-12-01", "https://management.azure.com",
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("trainer", "expected"),
+    [
+        ({"batch_endpoint": "b", "extra": 1}, "trainer: has unknown field(s) extra"),
+        ({}, "trainer: needs exactly one of batch_endpoint (a training pipeline) and job (a Command job)"),
+        ({"batch_endpoint": "b", "job": {}}, "trainer: needs exactly one of batch_endpoint"),
+        ({"job": {"command": "x"}}, "trainer job environmentId: is required for a Command job"),
+        (
+            {"job": {"jobType": "Pipeline", "command": "x", "environmentId": "e"}},
+            "trainer job jobType: must be Command",
+        ),
+        (
+            {"batch_endpoint": "b", "workspace": "/subscriptions/s/workspaces/w"},
+            "trainer workspace: must be a workspace's ARM id",
+        ),
+        ({"batch_endpoint": "b", "metrics_run": "child"}, "trainer metrics_run: must be 'auto'"),
+        ({"batch_endpoint": "b", "management_url": "https://evil.example.com"}, "trainer management_url"),
+        ({"batch_endpoint": "b", "api_version": "latest"}, "trainer api_version: 'latest' is not an api-version"),
+        ({"batch_endpoint": "b", "model_name": "bad name"}, "trainer model_name: 'bad name' is not a valid name"),
+    ],
+)
+def test_an_azureml_trainer_problem_names_the_pipeline_and_the_field(trainer, expected):
+    with pytest.raises(SettingsError, match=re.escape(f"pipeline 'census' {expected}")):
+        Settings.from_env(pipelines_env([v2(**trainer)]))
