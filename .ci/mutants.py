@@ -487,6 +487,27 @@ def _slot(""",
         "        if False:\n",
         ("tests/test_gate.py::test_with_no_deploy_target_the_floor_still_judges",),
     ),
+    Mutant(
+        "a model the gate passes is not registered",
+        "shared/poll.py",
+        'if verdict.status in (R.APPROVED, R.FINISHED) and hasattr(trainer, "register"):',
+        "if False:",
+        ("tests/test_azureml.py::test_a_v2_pipeline_trains_beside_a_bes_one_and_is_judged_on_its_mlflow_metrics",),
+    ),
+    Mutant(
+        "a rejected model is registered",
+        "shared/poll.py",
+        'if verdict.status in (R.APPROVED, R.FINISHED) and hasattr(trainer, "register"):',
+        'if verdict.status in (R.APPROVED, R.FINISHED, R.REJECTED) and hasattr(trainer, "register"):',
+        ("tests/test_azureml.py::test_the_metric_on_a_child_run_is_found_and_a_rejected_run_is_judged_so",),
+    ),
+    Mutant(
+        "a model version is not derived from the run (a retried registration makes a second version)",
+        "shared/azureml.py",
+        "        return run.run_id.lower()\n",
+        "        return str(time.time_ns())\n",
+        ("tests/test_azureml.py::test_a_registration_whose_answer_was_lost_is_the_same_version_again",),
+    ),
 ]
 
 

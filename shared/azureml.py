@@ -90,6 +90,7 @@ ENDPOINT_SHAPE = {
         }
     },
 }
+MODEL_SHAPE = {"type": "object", "required": ["id"], "properties": {"id": {"type": "string"}}}
 INVOCATION_SHAPE = {"type": "object", "required": ["name"], "properties": {"name": {"type": "string"}}}
 METRICS = {"type": "array", "items": {"type": "object", "required": ["key"], "properties": {"key": {"type": "string"}}}}
 RUN_SHAPE = {
@@ -456,6 +457,29 @@ class AzureMLTrainer:
 
     def _experiment(self, run_id: str) -> str:
         return str(ci_get(ci_get(self._run(run_id), "info"), "experiment_id") or "")
+
+    @staticmethod
+    def model_version(run) -> str:
+        """Derived from the run, so a retried registration is the same version, never a second."""
+        return run.run_id.lower()
+
+    def register(self, run, metrics: dict[str, float], metric: str, value: float) -> dict:
+        """Register the job's model output as a version of ``model_name``: its URI, type and job, with
+        the run, the source blob and the gate's metric as tags. Returns what the run records."""
+        c = self.config
+        version = self.model_version(run)
+        body = {
+            "properties": {
+                "modelType": c.model_type,
+                "modelUri": f"azureml://jobs/{run.job_id}/outputs/{c.model_output}/paths/",
+                "jobName": run.job_id,
+                "description": f"retrained by the autopilot on {run.blob_name[:200]}",
+                "tags": {**self.tags(run), "autopilot.metric": metric, "autopilot.value": f"{value:.6f}"},
+            }
+        }
+        response = self.client.arm("register", "PUT", f"/models/{c.model_name}/versions/{version}", body)
+        registered = read_json(response, AzureMLError, "register", MODEL_SHAPE)
+        return {"name": c.model_name, "version": version, "id": ci_get(registered, "id") or ""}
 
     def probe(self) -> str:
         store = read_json(

@@ -339,9 +339,12 @@ def run_command(args: argparse.Namespace) -> int:
         return 0
     lines = [
         f"run {run['run_id']}  {run['status']}  (pipeline {run['pipeline']}, {run['source']}: {run['blob']})",
-        f"BES job {run['job_id'] or '-'}, attempts {run['attempts']}; {run['metric']['name']} "
+        f"job {run['job_id'] or '-'}, attempts {run['attempts']}; {run['metric']['name']} "
         f"{run['metric']['value'] if run['metric']['value'] is not None else '-'}",
     ]
+    if run["model"]:
+        model = run["model"]
+        lines.append(f"  registered model {model.get('name')} version {model.get('version')}: {model.get('id')}")
     if run["check_failures"]:
         last = run["last_check_error"] or {}
         lines.append(f"  {run['check_failures']} failed status checks; last: {last.get('code')}: {last.get('message')}")

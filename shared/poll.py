@@ -287,6 +287,15 @@ def _judge(svc, run: Run, actor: str, state: JobState) -> Outcome:
         if svc.settings.target(name) is not None
     }
     verdict = gate.decide(pipeline.gate, value, champions)
+    model = None
+    trainer = svc.trainer(run.pipeline)
+    if verdict.status in (R.APPROVED, R.FINISHED) and hasattr(trainer, "register"):
+        try:  # idempotent (a version derived from the run): an overlapping poll registers the same one
+            model = trainer.register(run, metrics, pipeline.gate.metric, value)
+        except ServiceError as exc:
+            if exc.transient:
+                return _check_failed(svc, run, actor, utcnow(), exc.as_record())
+            return _end(svc, run, actor, R.FAILED, f"the model could not be registered: {exc}", error=exc.as_record())
     judged = []
 
     def change(current: Run) -> bool:
@@ -300,6 +309,7 @@ def _judge(svc, run: Run, actor: str, state: JobState) -> Outcome:
             reason=verdict.reason,
             metrics=metrics,
             gate=verdict.decisions,
+            model=model or current.model,
             error=None,
             lease_owner=lease[0],
             lease_until=lease[1],

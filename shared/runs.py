@@ -142,6 +142,7 @@ class Run:
     lease_until: dt.datetime | None = None
     ended_at: dt.datetime | None = None
     superseded_by: str | None = None
+    model: dict[str, Any] | None = None  # the registered model version (a trainer with a registry)
     submitted_at: dt.datetime | None = None
     error: dict[str, Any] | None = None
     outputs: dict[str, str] = field(default_factory=dict)

@@ -42,6 +42,7 @@ def run_summary(run: Run, metric: str) -> dict[str, Any]:
         "metric": {"name": metric, "value": _metric(run, metric)},
         "gate": run.gate,
         "targets": run.targets,
+        "model": run.model,
         "error": run.error,
     }
 
@@ -308,6 +309,9 @@ def run_page_html(svc, run_id: str, *, pipeline: str | None = None, link_query: 
     ]
     if run.superseded_by:
         facts.append(("superseded by", f"<span class=mono>{text(run.superseded_by)}</span>"))
+    if run.model:
+        model = f"{text(run.model.get('name'))} version {text(run.model.get('version'))}"
+        facts.append(("registered model", f"{model} <span class='mono muted'>{text(run.model.get('id'))}</span>"))
     if run.check_failures:
         last = run.last_check_error or {}
         facts.append(

@@ -64,3 +64,7 @@ class Trainer(Protocol):
 
     def preview(self, run: Any, now: dt.datetime) -> tuple[str, dict]:
         """What ``submit`` would send for ``run``, secrets redacted by the caller."""
+
+    # Optional: a trainer with a model registry also has
+    # ``register(run, metrics, metric, value) -> dict`` (called for a run the gate passes, before its
+    # verdict is recorded; idempotent; returns what the run records as ``model``: name, version, id).

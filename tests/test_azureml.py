@@ -115,6 +115,18 @@ def test_a_v2_pipeline_trains_beside_a_bes_one_and_is_judged_on_its_mlflow_metri
     uri = job["properties"]["inputs"]["training_data"]["uri"]
     assert uri == "azureml://datastores/autopilot_training/paths/census/2026-12.csv"
     assert "sig=" not in json.dumps(job["properties"]) and env["AzureWebJobsStorage"] not in json.dumps(job)
+    # the model is registered as a version of model_name, derived from the run, with its provenance
+    [version] = fresh_emulator.admin("GET", "v2/models")
+    assert version["id"].endswith(f"/models/census/versions/{census.run_id.lower()}")
+    assert version["properties"]["modelUri"] == f"azureml://jobs/{census.job_id}/outputs/model/paths/"
+    assert version["properties"]["modelType"] == "mlflow_model" and version["properties"]["jobName"] == census.job_id
+    tags = version["properties"]["tags"]
+    assert (tags["autopilot.run"], tags["autopilot.metric"]) == (census.run_id, "AUC")
+    assert float(tags["autopilot.value"]) == pytest.approx(census.metrics["AUC"], abs=1e-6)
+    assert census.model == {"name": "census", "version": census.run_id.lower(), "id": version["id"]}
+    from shared import status
+
+    assert status.get_run(svc, census.run_id)["model"]["id"] == version["id"]  # the API and the page show it
     if mode == "job":
         assert census.job_id == f"autopilot-{census.run_id.lower()}-1"  # the first job of the run
         tags = job["properties"]["tags"]
@@ -148,6 +160,8 @@ def test_the_metric_on_a_child_run_is_found_and_a_rejected_run_is_judged_so(make
     bad = settle_until(host, svc, "census", (R.REJECTED, R.FAILED, R.FINISHED), blob="census/bad.csv")
     [rejection] = [h for h in bad.history if h.get("to") == R.REJECTED]
     assert bad.status == R.REJECTED and "misses the minimum 0.6" in rejection["reason"]
+    assert bad.model is None  # a rejected run registers nothing
+    assert [v["name"] for v in fresh_emulator.admin("GET", "v2/models")] == [good.run_id.lower()]
 
 
 def test_metrics_run_job_does_not_look_at_child_runs(make_world, fresh_emulator):
@@ -239,3 +253,15 @@ def test_a_failed_job_resubmitted_is_a_new_job_with_the_next_name(make_world, fr
         sorted(j["name"] for j in v2_jobs(fresh_emulator)) == [f"{prefix}-1", f"{prefix}-2"]
         and run.job_id == f"{prefix}-2"
     )
+
+
+def test_a_registration_whose_answer_was_lost_is_the_same_version_again(make_world, fresh_emulator):
+    env, host, svc = make_world(v2_trainer(fresh_emulator, job=JOB))
+    fresh_emulator.admin("POST", "faults", {"route": "v2.models.put", "drop": True, "after": True, "times": 2})
+    put_blob(env, "census/a.csv", GOOD)
+    host.scan_blobs()
+    run = settle_until(host, svc, "census", (R.FAILED, R.FINISHED))
+    assert run.status == R.FINISHED and run.check_failures == 1  # one tick's registration failed: retried
+    assert [v["name"] for v in fresh_emulator.admin("GET", "v2/models")] == [run.run_id.lower()]
+    puts = [r for r in fresh_emulator.admin("GET", "requests") if r["route"] == "v2.models.put"]
+    assert len(puts) == 3 and {p["status"] for p in puts} == {"dropped", 200}
