@@ -204,6 +204,8 @@ def _check_trainer(svc, pipeline, report: Report) -> None:
         report.fail(trainer.kind.upper(), str(exc))
         return
     _check_gate_metric(svc, pipeline, trainer, report)
+    if hasattr(trainer, "datastore_target"):
+        _check_datastore(svc, trainer, report)
     try:
         blob = svc.storage.blob_ref(svc.settings.training_container, newest_training_blob(svc, pipeline))
     except NothingToTrain as exc:
@@ -229,6 +231,26 @@ def _check_gate_metric(svc, pipeline, trainer, report: Report) -> None:
         report.ok(f"gate metric {metric}", f"reported ({source})" if columns else "not checked")
     else:
         report.warn(f"gate metric {shown(metric)!r}", f"not among the columns of {source}: {', '.join(columns)}")
+
+
+def _check_datastore(svc, trainer, report: Report) -> None:
+    """A v2 job reads its input through the workspace's datastore: it must be the app's training container."""
+    from shared.http import ServiceError
+
+    want = (svc.storage.account_name, svc.settings.training_container)
+    try:
+        account, container = trainer.datastore_target()
+    except ServiceError as exc:
+        report.fail(f"datastore {trainer.config.datastore}", str(exc))
+        return
+    if (account, container) == want:
+        report.ok(f"datastore {trainer.config.datastore}", f"points at {account}/{container}, the training container")
+    else:
+        report.fail(
+            f"datastore {trainer.config.datastore}",
+            f"points at {account}/{container}, not the app's training container {want[0]}/{want[1]}: "
+            "jobs would not see the uploads",
+        )
 
 
 def _check_target(svc, target, report: Report) -> None:

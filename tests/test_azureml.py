@@ -265,3 +265,19 @@ def test_a_registration_whose_answer_was_lost_is_the_same_version_again(make_wor
     assert [v["name"] for v in fresh_emulator.admin("GET", "v2/models")] == [run.run_id.lower()]
     puts = [r for r in fresh_emulator.admin("GET", "requests") if r["route"] == "v2.models.put"]
     assert len(puts) == 3 and {p["status"] for p in puts} == {"dropped", 200}
+
+
+def test_check_verifies_the_datastore_points_at_the_training_container(make_world, fresh_emulator, tmp_path, capsys):
+    from shared import cli
+    from tests.test_operations import settings_file
+
+    env, _, _ = make_world(v2_trainer(fresh_emulator, batch_endpoint="retrain-census"))
+    path = settings_file(tmp_path, env)
+    assert cli.main(["check", "--settings", path]) == 0
+    out = capsys.readouterr().out
+    assert f"ok    datastore autopilot_training: points at devstoreaccount1/{env['TRAINING_CONTAINER']}" in out
+    assert "ok    AZUREML: workspace reachable, token accepted" in out
+    fresh_emulator.admin("POST", "v2/datastores", {"name": "autopilot_training", "container": "somewhere-else"})
+    assert cli.main(["check", "--settings", path]) == 1
+    line = next(x for x in capsys.readouterr().out.splitlines() if "datastore autopilot_training:" in x)
+    assert line.startswith("  FAIL") and "jobs would not see the uploads" in line
