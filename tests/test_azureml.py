@@ -281,3 +281,57 @@ def test_check_verifies_the_datastore_points_at_the_training_container(make_worl
     assert cli.main(["check", "--settings", path]) == 1
     line = next(x for x in capsys.readouterr().out.splitlines() if "datastore autopilot_training:" in x)
     assert line.startswith("  FAIL") and "jobs would not see the uploads" in line
+
+
+def test_a_v2_loop_with_failures_leaves_no_token_or_key_anywhere(make_world, fresh_emulator, caplog):
+    """Every token the emulator issued (both audiences), the keys and the identity header, looked for in
+    every table entity, queue message and log line of a v2 loop that also failed and was throttled."""
+    import logging
+
+    from tests.scan import assert_no_secret, log_text, secrets_used, written
+
+    caplog.set_level(logging.DEBUG)
+    logging.getLogger("azure").setLevel(logging.WARNING)
+    env, host, svc = make_world(v2_trainer(fresh_emulator, batch_endpoint="retrain-census"))
+    fresh_emulator.admin("POST", "faults", {"route": "v2.batch.invoke", "status": 429, "retry_after": 1, "times": 1})
+    fresh_emulator.admin(
+        "POST", "faults", {"route": "v2.job", "fail": "failed reading with token {input_url}", "times": 1}
+    )
+    put_blob(env, "census/first.csv", GOOD)
+    host.scan_blobs()
+    settle_until(host, svc, "census", (R.FAILED, R.FINISHED), blob="census/first.csv")
+    put_blob(env, "census/second.csv", GOOD)
+    host.scan_blobs()
+    assert settle_until(host, svc, "census", (R.FAILED, R.FINISHED), blob="census/second.csv").status == R.FINISHED
+    tokens = fresh_emulator.admin("GET", "tokens")
+    assert len(tokens) >= 2  # both audiences were used, so the scan looks for real material
+    places = written(env["AzureWebJobsStorage"], env["RUNS_TABLE"], log_text(caplog))
+    assert_no_secret(places, secrets_used(fresh_emulator, svc))
+
+
+def test_concurrent_deliveries_of_one_upload_make_one_job(make_world, fresh_emulator):
+    import threading
+
+    from shared import workflow
+
+    env, host, svc = make_world(v2_trainer(fresh_emulator, job=JOB))
+    put_blob(env, "census/a.csv", GOOD)
+    blob = svc.storage.blob_ref(env["TRAINING_CONTAINER"], "census/a.csv")
+    barrier, outcomes = threading.Barrier(3), []
+
+    def deliver(n: int) -> None:
+        barrier.wait()
+        try:
+            outcomes.append(workflow.start_run_for_blob(svc, blob, source="blob", actor=f"delivery-{n}"))
+        except Exception as exc:  # a delivery that loses a race may be told to retry: that is fine
+            outcomes.append(exc)
+
+    threads = [threading.Thread(target=deliver, args=(n,)) for n in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    host.scan_blobs()  # and the host's own delivery, later
+    run = settle_until(host, svc, "census", (R.FAILED, R.FINISHED))
+    assert run.status == R.FINISHED and len(list(svc.store.list_runs("census"))) == 1
+    assert [j["name"] for j in v2_jobs(fresh_emulator)] == [run.job_id]
