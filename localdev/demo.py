@@ -273,8 +273,22 @@ def two_pipelines(emulator: EmulatorProcess, api_key: str, settings: dict) -> di
             "targets": ["arm-census"],
             "gate": {"metric": "Accuracy", "min": 0.6},
         },
+        {
+            "name": "fraud",
+            "blob_prefix": "fraud/",
+            "trainer": {
+                "kind": "azureml",
+                "workspace": emulator.info["v2_workspace"],
+                "datastore": emulator.info["v2_datastore"],
+                "batch_endpoint": emulator.info["v2_batch_endpoint"],
+                "model_name": "fraud",
+                "management_url": emulator.url,
+            },
+            "gate": {"metric": "AUC", "min": 0.6},
+        },
     ]
-    say("  pipelines              census (census/ -> classic-retrain, AUC), churn (churn/ -> arm-census, Accuracy)")
+    say("  pipelines              census (census/ -> classic-retrain, AUC), churn (churn/ -> arm-census, Accuracy),")
+    say("                         fraud (fraud/ -> Azure ML v2: a batch-endpoint training pipeline, model registry)")
     return {
         "PIPELINES": json.dumps(pipelines),
         "CENSUS_BES_KEY": settings.pop("BES_API_KEY"),
@@ -285,15 +299,17 @@ def two_pipelines(emulator: EmulatorProcess, api_key: str, settings: dict) -> di
 
 
 def pipelines_story(svc, host, timeout: float) -> bool:
-    """Uploads for both pipelines at once, trained side by side on their own services; then an upload
-    under no pipeline's prefix, recorded with the reason."""
+    """Uploads for three pipelines at once, trained side by side on their own services (two classic
+    training services, one Azure ML v2 workspace); then an upload under no pipeline's prefix, recorded
+    with the reason."""
     from emulator.sample_data import generate
 
     uploads = {
         "census/2026-11.csv": SAMPLE.read_bytes(),
         "churn/2026-11.csv": generate(800, seed=8, label_noise=0.1).encode(),
+        "fraud/2026-11.csv": generate(800, seed=9, label_noise=0.1).encode(),
     }
-    say("\nUploading census/2026-11.csv and churn/2026-11.csv at once ...")
+    say(f"\nUploading {', '.join(uploads)} at once ...")
     for name, data in uploads.items():
         svc.storage.blobs.get_blob_client("training-data", name).upload_blob(data, overwrite=True)
     seen: dict[str, int] = {}
@@ -303,7 +319,7 @@ def pipelines_story(svc, host, timeout: float) -> bool:
         for invocation in host.scan_blobs() + host.tick_timers() + host.pump_queues():
             if not invocation.ok:
                 say(f"  [host] {invocation.function} failed: {invocation.error}")
-        for pipeline in ("census", "churn"):
+        for pipeline in ("census", "churn", "fraud"):
             for run in svc.store.list_runs(pipeline):
                 for entry in run.history[seen.get(run.run_id, 0) :]:
                     if "to" in entry:
@@ -324,22 +340,33 @@ def pipelines_story(svc, host, timeout: float) -> bool:
     from shared import status
 
     rows = [
-        [v["name"], v["blob_prefix"], v["gate"]["metric"], ", ".join(v["targets"]), v["active_run"] or "-"]
+        [v["name"], v["blob_prefix"], v["trainer"], v["gate"]["metric"], ", ".join(v["targets"]) or "-"]
         for v in status.list_pipelines(svc)
     ]
-    table(rows, ["pipeline", "uploads under", "gate", "targets", "active run"])
+    table(rows, ["pipeline", "uploads under", "trainer", "gate", "targets"])
     say("\nLive on each target:")
     rows = [
         [t["name"], t["pipeline"], t["live_run"] or "-", f"{t['metric']['name']} {t['metric']['value'] or 0:.4f}"]
         for t in status.list_targets(svc)
     ]
     table(rows, ["target", "pipeline", "live run", "metric"])
-    ok = all(getattr(run, "status", None) == "Deployed" for run in ended.values()) and len(ended) == 2 and unrouted
+    fraud = ended.get("fraud/2026-11.csv")
+    model = getattr(fraud, "model", None) or {}
+    say(f"\nRegistered in the Azure ML workspace: {model.get('name', '-')} version {model.get('version', '-')}")
+    say(f"  {model.get('id', '(none)')}")
+    deployed = [run for name, run in ended.items() if not name.startswith("fraud/")]
+    ok = (
+        len(ended) == 3
+        and all(getattr(run, "status", None) == "Deployed" for run in deployed)
+        and getattr(fraud, "status", None) == "Finished"
+        and bool(model)
+        and unrouted
+    )
     say(
         "\n"
         + (
-            "OK: each pipeline trained on its own service and went live on its own target; "
-            "the unclaimed upload was recorded."
+            "OK: each pipeline trained on its own service; the classic ones went live on their own targets, "
+            "the v2 one registered its model; the unclaimed upload was recorded."
             if ok
             else "UNEXPECTED: see the runs above."
         )

@@ -1,0 +1,20 @@
+"""The README's first command: the demo runs its story to the end and says OK (both stories)."""
+
+import subprocess
+import sys
+
+import pytest
+
+from localdev.services import ROOT
+
+
+@pytest.mark.parametrize("flags", [[], ["--pipelines"]], ids=["one-pipeline", "pipelines"])
+def test_the_demo_tells_its_story_to_the_end(flags):
+    done = subprocess.run(
+        [sys.executable, "-m", "localdev.demo", "--job-seconds", "0.5", *flags],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "\nOK: " in done.stdout and "Traceback" not in done.stdout + done.stderr
+    if flags:
+        assert "Registered in the Azure ML workspace: fraud version" in done.stdout
