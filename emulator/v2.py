@@ -419,8 +419,16 @@ class AzureMLv2:
             for key, value in metrics.items()
             if value == value  # NaN is not logged
         ]
-        target = w.runs[job.child_run] if job.child_run else w.runs[job.name]
-        target.metrics.extend(logged)
+        if not job.child_run:
+            w.runs[job.name].metrics.extend(logged)
+            return
+        # A pipeline's steps are child runs; the training step logs the evaluation (tests vary how many do).
+        for n in range(int(self.emulator.config.get("v2_metric_children", 1))):
+            run_id = job.child_run if n == 0 else f"{job.child_run}_{n}"
+            child = w.runs.setdefault(
+                run_id, MlflowRun(run_id, w.runs[job.name].experiment_id, {"mlflow.parentRunId": job.name})
+            )
+            child.metrics.extend(logged)
 
     # --- batch endpoints -------------------------------------------------------------------------
 

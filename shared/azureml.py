@@ -420,10 +420,11 @@ class AzureMLTrainer:
         metric is not there, those of the one child run that logged it."""
         from shared.gate import EvaluationError, metric
 
-        own = self._run_metrics(run.job_id)
+        document = self._run(run.job_id)
+        own = _metrics(document)
         if metric(own, self.gate_metric) is not None or self.config.metrics_run == "job":
             return own
-        experiment = self._experiment(run.job_id)
+        experiment = str(ci_get(ci_get(document, "info"), "experiment_id") or "")
         search = {
             "experiment_ids": [experiment],
             "filter": f"tags.mlflow.parentRunId = '{run.job_id}'",
@@ -451,12 +452,6 @@ class AzureMLTrainer:
     def _run(self, run_id: str) -> dict:
         response = self.client.mlflow("metrics", "GET", "/runs/get", params={"run_id": run_id})
         return read_json(response, AzureMLError, "metrics", RUN_SHAPE)["run"]
-
-    def _run_metrics(self, run_id: str) -> dict[str, float]:
-        return _metrics(self._run(run_id))
-
-    def _experiment(self, run_id: str) -> str:
-        return str(ci_get(ci_get(self._run(run_id), "info"), "experiment_id") or "")
 
     @staticmethod
     def model_version(run) -> str:

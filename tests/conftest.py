@@ -38,7 +38,11 @@ def emulator(azurite):
 @pytest.fixture
 def fresh_emulator(emulator):
     emulator.admin("POST", "reset")
-    emulator.admin("POST", "config", {"job_seconds": 0.3, "lro_seconds": 0.2, "legacy_status_codes": False})
+    emulator.admin(
+        "POST",
+        "config",
+        {"job_seconds": 0.3, "lro_seconds": 0.2, "legacy_status_codes": False, "v2_metric_children": 1},
+    )
     return emulator
 
 

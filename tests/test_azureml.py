@@ -335,3 +335,17 @@ def test_concurrent_deliveries_of_one_upload_make_one_job(make_world, fresh_emul
     run = settle_until(host, svc, "census", (R.FAILED, R.FINISHED))
     assert run.status == R.FINISHED and len(list(svc.store.list_runs("census"))) == 1
     assert [j["name"] for j in v2_jobs(fresh_emulator)] == [run.job_id]
+
+
+@pytest.mark.parametrize(("children", "code"), [(0, "EvaluationMissing"), (2, "EvaluationAmbiguous")])
+def test_no_or_several_child_runs_with_the_metric_fail_the_run_with_a_clear_reason(
+    make_world, fresh_emulator, children, code
+):
+    fresh_emulator.admin("POST", "config", {"v2_metric_children": children})
+    env, host, svc = make_world(v2_trainer(fresh_emulator, batch_endpoint="retrain-census"))
+    put_blob(env, "census/a.csv", GOOD)
+    host.scan_blobs()
+    run = settle_until(host, svc, "census", (R.FAILED, R.FINISHED))
+    assert run.status == R.FAILED and run.error["code"] == code
+    expected = "logged no 'AUC' metric" if children == 0 else "2 child runs of job"
+    assert expected in run.error["message"] and run.model is None
