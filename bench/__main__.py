@@ -269,6 +269,91 @@ def requests_per_cycle(lab: Lab) -> dict:
     }
 
 
+def requests_per_v2_cycle(lab: Lab) -> dict:
+    """Azure ML requests from upload to registered model version on a v2 pipeline, in both modes, against
+    the protocol minimum; and whether importing the app imports the v2 trainer (it must not: cold start)."""
+    from azure.functions.timer import TimerRequest
+
+    import function_app
+    from localdev.runner import LocalContext
+
+    info = lab.emulator.info
+    minimum = {
+        "job": {"v2.jobs.put": 1, "v2.jobs.get": 1, "v2.mlflow.runs.get": 1, "v2.models.put": 1},
+        "batch_endpoint": {
+            "v2.batch.get (scoringUri)": 1,
+            "v2.batch.invoke": 1,
+            "v2.jobs.get": 1,
+            "v2.mlflow.runs.get": 1,
+            "v2.mlflow.runs.search (child runs)": 1,
+            "v2.models.put": 1,
+        },
+    }
+    handler = {f.get_function_name(): f.get_user_function() for f in (t.build() for t in _functions(function_app))}
+    figures = {}
+    for mode in ("job", "batch_endpoint"):
+        trainer = {
+            "kind": "azureml",
+            "workspace": info["v2_workspace"],
+            "datastore": "bench",
+            "model_name": "bench",
+            "management_url": lab.emulator.url,
+            **(
+                {"job": {"command": "python train.py", "environmentId": "azureml:env:1"}}
+                if mode == "job"
+                else {"batch_endpoint": info["v2_batch_endpoint"]}
+            ),
+        }
+        pipelines = [{"name": "v2", "blob_prefix": "", "trainer": trainer, "gate": {"metric": "AUC", "min": 0.5}}]
+        env = {
+            k: v
+            for k, v in lab.env(PIPELINES=json.dumps(pipelines), DEPLOY_TARGETS="[]").items()
+            if not k.startswith("BES_")
+        }
+        svc = lab.services(env)
+        lab.emulator.admin("POST", "v2/datastores", {"name": "bench", "container": env["TRAINING_CONTAINER"]})
+        cycles = []
+        for i in range(2):
+            blob = lab.upload(env, f"v2-{mode}-{i}.csv", sample_data.generate(800, seed=40 + i).encode())
+            since = time.time()
+            handler["retrain_on_upload"](blob=blob, context=LocalContext("retrain_on_upload"))
+            run = next(r for r in svc.store.list_runs("v2") if r.blob_name == f"v2-{mode}-{i}.csv")
+            deadline = time.monotonic() + 60
+            while (
+                next(
+                    j
+                    for j in lab.emulator.admin("GET", "v2/jobs")
+                    if j["name"] == svc.store.get("v2", run.run_id).job_id
+                )["status"]
+                != "Completed"
+            ):
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the v2 job did not complete")
+                time.sleep(0.05)
+            handler["poll_runs"](timer=TimerRequest(past_due=False), context=LocalContext("poll_runs"))
+            run = svc.store.get("v2", run.run_id)
+            assert run.status == "Finished" and run.model, (run.status, run.history)
+            ml = collections.Counter({k: v for k, v in lab.ml_requests(since).items() if k != "identity.token"})
+            cycles.append({"azure_ml": dict(sorted(ml.items())), "azure_ml_total": sum(ml.values())})
+        figures[mode] = {
+            "first_cycle": cycles[0],
+            "steady_cycle": cycles[1],
+            "protocol_minimum": minimum[mode],
+            "protocol_minimum_total": sum(minimum[mode].values()),
+            "ratio": round(cycles[1]["azure_ml_total"] / sum(minimum[mode].values()), 2),
+        }
+    imported = subprocess.run(
+        [sys.executable, "-c", "import function_app, sys; print('shared.azureml' in sys.modules)"],
+        cwd=ROOT, capture_output=True, text=True, env=child_env({}), check=True,
+    ).stdout.strip()  # fmt: skip
+    figures["import_function_app_imports_the_v2_trainer"] = imported == "True"
+    figures["note"] = (
+        "the first cycle also reads the workspace for its MLflow tracking URI (cached per process) and gets "
+        "tokens (cached per process and audience)"
+    )
+    return figures
+
+
 def _functions(function_app) -> list:
     return [function_app.retrain_on_upload, function_app.poll_runs, function_app.run_command]
 
@@ -478,6 +563,7 @@ def _csv_stream(size: int):
 FIGURES = {
     "cold_start": cold_start,
     "requests": requests_per_cycle,
+    "requests_v2": requests_per_v2_cycle,
     "poll_cost": poll_cost,
     "poll_concurrency": poll_concurrency,
     "burst": burst,
