@@ -29,6 +29,9 @@ param extraSecrets string = '{}'
 @description('Resource group holding the New (ARM) web services to update; empty = none (no role granted).')
 param mlWebServicesResourceGroup string = ''
 
+@description('ARM id of an Azure ML (v2) workspace a pipeline trains on; empty = none (no role granted).')
+param mlWorkspaceId string = ''
+
 @description('NCRONTAB of scheduled retraining; empty = off.')
 param retrainSchedule string = ''
 
@@ -107,6 +110,18 @@ module mlRole 'app/ml-webservice-role.bicep' = if (!empty(mlWebServicesResourceG
   scope: resourceGroup(empty(mlWebServicesResourceGroup) ? rg.name : mlWebServicesResourceGroup)
   params: {
     identityPrincipalId: identity.outputs.principalId
+  }
+}
+
+// "/subscriptions/<sub>/resourceGroups/<rg>/providers/Microsoft.MachineLearningServices/workspaces/<ws>"
+var mlWorkspace = split(empty(mlWorkspaceId) ? '/subscriptions/s/resourceGroups/rg/providers/p/workspaces/w' : mlWorkspaceId, '/')
+
+module mlWorkspaceRole 'app/ml-workspace-role.bicep' = if (!empty(mlWorkspaceId)) {
+  name: 'ml-workspace-role'
+  scope: resourceGroup(mlWorkspace[2], mlWorkspace[4])
+  params: {
+    identityPrincipalId: identity.outputs.principalId
+    workspaceName: last(mlWorkspace)
   }
 }
 

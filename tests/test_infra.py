@@ -85,6 +85,14 @@ def test_roles_are_the_documented_built_in_ones_and_the_ml_role_is_minimal():
     ]
 
 
+def test_the_v2_workspace_role_is_the_built_in_azureml_data_scientist_on_that_workspace_only():
+    role = (INFRA / "app" / "ml-workspace-role.bicep").read_text()
+    assert re.findall(r"'([0-9a-f-]{36})'", role) == ["f6c7c914-8db3-469d-8ca1-694a8f32e121"]  # AzureML Data Scientist
+    assert "scope: workspace" in role and "existing" in role
+    main = (INFRA / "main.bicep").read_text()
+    assert "module mlWorkspaceRole 'app/ml-workspace-role.bicep' = if (!empty(mlWorkspaceId))" in main
+
+
 def deployed_settings() -> dict[str, str]:
     """The app settings function.bicep deploys, with Bicep expressions replaced by plausible values."""
     text = (INFRA / "app" / "function.bicep").read_text()
