@@ -147,6 +147,8 @@ def check_job(svc, run: Run, actor: str, now: dt.datetime) -> Outcome:
     )
     action = verdict.action
     if action == decisions.WAIT:
+        if state is not None and state.details:  # a running job that needs attention: noted once per change
+            _note_once(svc, run, actor, f"the job reports: {redact(state.details)[:300]}")
         return Outcome(run.run_id, run.status, "running")
     if action == decisions.UNREACHABLE:  # the job is unknown (404), or our key no longer opens it (401/403)
         return _end(
@@ -167,6 +169,18 @@ def check_job(svc, run: Run, actor: str, now: dt.datetime) -> Outcome:
         error = {"code": "JobFailed", "message": details}
         return _end(svc, run, actor, R.FAILED, f"job {run.job_id} failed: {details[:300]}", error=error)
     return _judge(svc, run, actor, state)
+
+
+def _note_once(svc, run: Run, actor: str, text: str) -> None:
+    """Add ``text`` to the run's history unless it is already the latest entry (one write per change)."""
+
+    def change(current: Run) -> bool:
+        if current.status != run.status or (current.history and current.history[-1].get("event") == text):
+            return False
+        current.note(by=actor, reason=text)
+        return True
+
+    svc.store.update(run.pipeline, run.run_id, change, held=run)
 
 
 def _check_failed(svc, run: Run, actor: str, now: dt.datetime, error: dict, *, enforce: bool = True) -> Outcome:

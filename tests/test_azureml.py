@@ -349,3 +349,15 @@ def test_no_or_several_child_runs_with_the_metric_fail_the_run_with_a_clear_reas
     assert run.status == R.FAILED and run.error["code"] == code
     expected = "logged no 'AUC' metric" if children == 0 else "2 child runs of job"
     assert expected in run.error["message"] and run.model is None
+
+
+def test_a_job_that_stops_responding_is_noted_once_and_still_finishes(make_world, fresh_emulator):
+    env, host, svc = make_world(v2_trainer(fresh_emulator, job=JOB))
+    silent = {"name": "x", "properties": {"status": "NotResponding"}}
+    fresh_emulator.admin("POST", "faults", {"route": "v2.jobs.get", "status": 200, "body": silent, "times": 3})
+    put_blob(env, "census/a.csv", GOOD)
+    host.scan_blobs()
+    run = settle_until(host, svc, "census", (R.FAILED, R.FINISHED))
+    assert run.status == R.FINISHED
+    notes = [h for h in run.history if h.get("event") == "the job reports: the job is NotResponding"]
+    assert len(notes) == 1  # three such answers, one note
