@@ -286,9 +286,27 @@ def two_pipelines(emulator: EmulatorProcess, api_key: str, settings: dict) -> di
             },
             "gate": {"metric": "AUC", "min": 0.6},
         },
+        {
+            "name": "retail",
+            "blob_prefix": "retail/",
+            "trainer": {
+                "kind": "azureml",
+                "workspace": emulator.info["v2_workspace"],
+                "datastore": emulator.info["v2_datastore"],
+                "job": {
+                    "command": "python train.py --data ${{inputs.training_data}} --model ${{outputs.model}}",
+                    "environmentId": "azureml:sklearn-1.5:1",
+                    "computeId": "cpu-cluster",
+                },
+                "model_name": "retail",
+                "management_url": emulator.url,
+            },
+            "gate": {"metric": "AUC", "min": 0.6},
+        },
     ]
     say("  pipelines              census (census/ -> classic-retrain, AUC), churn (churn/ -> arm-census, Accuracy),")
-    say("                         fraud (fraud/ -> Azure ML v2: a batch-endpoint training pipeline, model registry)")
+    say("                         fraud (fraud/ -> Azure ML v2: a batch-endpoint training pipeline, model registry),")
+    say("                         retail (retail/ -> Azure ML v2: a Command job, model registry)")
     return {
         "PIPELINES": json.dumps(pipelines),
         "CENSUS_BES_KEY": settings.pop("BES_API_KEY"),
@@ -308,6 +326,7 @@ def pipelines_story(svc, host, timeout: float) -> bool:
         "census/2026-11.csv": SAMPLE.read_bytes(),
         "churn/2026-11.csv": generate(800, seed=8, label_noise=0.1).encode(),
         "fraud/2026-11.csv": generate(800, seed=9, label_noise=0.1).encode(),
+        "retail/2026-11.csv": generate(800, seed=10, label_noise=0.1).encode(),
     }
     say(f"\nUploading {', '.join(uploads)} at once ...")
     for name, data in uploads.items():
@@ -319,7 +338,7 @@ def pipelines_story(svc, host, timeout: float) -> bool:
         for invocation in host.scan_blobs() + host.tick_timers() + host.pump_queues():
             if not invocation.ok:
                 say(f"  [host] {invocation.function} failed: {invocation.error}")
-        for pipeline in ("census", "churn", "fraud"):
+        for pipeline in ("census", "churn", "fraud", "retail"):
             for run in svc.store.list_runs(pipeline):
                 for entry in run.history[seen.get(run.run_id, 0) :]:
                     if "to" in entry:
@@ -350,23 +369,23 @@ def pipelines_story(svc, host, timeout: float) -> bool:
         for t in status.list_targets(svc)
     ]
     table(rows, ["target", "pipeline", "live run", "metric"])
-    fraud = ended.get("fraud/2026-11.csv")
-    model = getattr(fraud, "model", None) or {}
-    say(f"\nRegistered in the Azure ML workspace: {model.get('name', '-')} version {model.get('version', '-')}")
-    say(f"  {model.get('id', '(none)')}")
-    deployed = [run for name, run in ended.items() if not name.startswith("fraud/")]
+    v2 = [ended.get("fraud/2026-11.csv"), ended.get("retail/2026-11.csv")]
+    for run in v2:
+        model = getattr(run, "model", None) or {}
+        say(f"\nRegistered in the Azure ML workspace: {model.get('name', '-')} version {model.get('version', '-')}")
+        say(f"  {model.get('id', '(none)')}")
+    deployed = [run for name, run in ended.items() if name.startswith(("census/", "churn/"))]
     ok = (
-        len(ended) == 3
+        len(ended) == 4
         and all(getattr(run, "status", None) == "Deployed" for run in deployed)
-        and getattr(fraud, "status", None) == "Finished"
-        and bool(model)
+        and all(getattr(run, "status", None) == "Finished" and getattr(run, "model", None) for run in v2)
         and unrouted
     )
     say(
         "\n"
         + (
             "OK: each pipeline trained on its own service; the classic ones went live on their own targets, "
-            "the v2 one registered its model; the unclaimed upload was recorded."
+            "the v2 ones registered their models; the unclaimed upload was recorded."
             if ok
             else "UNEXPECTED: see the runs above."
         )

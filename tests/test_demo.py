@@ -17,4 +17,5 @@ def test_the_demo_tells_its_story_to_the_end(flags):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "\nOK: " in done.stdout and "Traceback" not in done.stdout + done.stderr
     if flags:
-        assert "Registered in the Azure ML workspace: fraud version" in done.stdout
+        assert "Registered in the Azure ML workspace: fraud version" in done.stdout  # a batch-endpoint pipeline
+        assert "Registered in the Azure ML workspace: retail version" in done.stdout  # a Command job
