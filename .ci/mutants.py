@@ -508,6 +508,29 @@ def _slot(""",
         "        return str(time.time_ns())\n",
         ("tests/test_azureml.py::test_a_registration_whose_answer_was_lost_is_the_same_version_again",),
     ),
+    Mutant(
+        "pre-flight reads the whole blob for its header",
+        "shared/preflight.py",
+        'head = b"".join(read(0, min(HEAD_BYTES, blob.size)))',
+        'head = b"".join(read(0, None))',
+        ("tests/test_preflight.py::test_a_1_gib_blobs_pre_flight_reads_a_bounded_number_of_bytes",),
+    ),
+    Mutant(
+        "pre-flight counts the rows of a blob of any size",
+        "shared/preflight.py",
+        "        if blob.size > COUNT_ROWS_UP_TO:\n",
+        "        if False:\n",
+        ("tests/test_preflight.py::test_a_1_gib_blobs_pre_flight_reads_a_bounded_number_of_bytes",),
+    ),
+    Mutant(
+        "an upload missing a required column still trains",
+        "shared/workflow.py",
+        "        if finding.problem:\n",
+        "        if False:\n",
+        (
+            "tests/test_preflight.py::test_a_blob_missing_a_required_column_is_invalid_with_no_job_sent_and_no_slot_taken",
+        ),
+    ),
 ]
 
 

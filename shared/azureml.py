@@ -299,6 +299,7 @@ class AzureMLTrainer:
 
     kind = "azureml"
     cancel_grace = dt.timedelta(minutes=10)
+    data_extensions = (".csv", ".tsv", ".parquet", ".json", ".jsonl")  # a uri_file the job's code reads
 
     def __init__(self, config: AzuremlConfig, client: AzureMLClient, *, gate_metric: str) -> None:
         self.config, self.client, self.gate_metric = config, client, gate_metric

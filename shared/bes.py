@@ -230,6 +230,7 @@ class BesTrainer:
 
     kind = "bes"
     cancel_grace = SAS_MARGIN
+    data_extensions = (".csv", ".tsv", ".arff")  # what BES accepts as dataset inputs
     # The columns Studio (classic)'s Evaluate Model writes: binary classification, then regression.
     known_metrics = (
         "Accuracy", "Precision", "Recall", "F-Score", "AUC", "Average Log Loss", "Training Log Loss",

@@ -38,9 +38,10 @@ FAILED = "Failed"
 TIMED_OUT = "TimedOut"
 CANCELLED = "Cancelled"
 SUPERSEDED = "Superseded"
+INVALID = "Invalid"  # the upload failed its pipeline's pre-flight checks: no job was spent on it
 
 TRANSITIONS: dict[str, frozenset[str]] = {
-    REQUESTED: frozenset({WAITING, SUBMITTED, SUPERSEDED, FAILED, CANCELLED}),
+    REQUESTED: frozenset({WAITING, SUBMITTED, SUPERSEDED, FAILED, CANCELLED, INVALID}),
     WAITING: frozenset({REQUESTED, SUPERSEDED, CANCELLED}),
     SUBMITTED: frozenset({RUNNING, FAILED, CANCELLED, TIMED_OUT}),
     RUNNING: frozenset({APPROVED, REJECTED, FINISHED, FAILED, CANCELLED, TIMED_OUT, REQUESTED}),
@@ -48,7 +49,7 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     DEPLOYING: frozenset({DEPLOYED, PARTIALLY_DEPLOYED, FAILED}),
     **{
         end: frozenset()
-        for end in (FINISHED, REJECTED, DEPLOYED, PARTIALLY_DEPLOYED, FAILED, TIMED_OUT, CANCELLED, SUPERSEDED)
+        for end in (FINISHED, REJECTED, DEPLOYED, PARTIALLY_DEPLOYED, FAILED, TIMED_OUT, CANCELLED, SUPERSEDED, INVALID)
     },
 }
 # States in which the run named by its pipeline's slot holds it: from its promotion (it is Waiting for

@@ -49,6 +49,7 @@ class Pipeline:
     targets: tuple[str, ...] = ()
     gate: Gate = field(default_factory=Gate)
     schedule: str | None = None
+    preflight: Any = None  # shared.preflight.Rules: what an upload must pass before a job is spent on it
 
 
 @dataclass(frozen=True)
@@ -276,7 +277,7 @@ class Settings:
         if not _PIPELINE_RE.fullmatch(pipeline):
             raise SettingsError("PIPELINE_NAME", f"{pipeline!r} must be lowercase letters, digits and hyphens")
         if configured:
-            for flat in ("PIPELINE_NAME", "RETRAIN_SCHEDULE"):
+            for flat in ("PIPELINE_NAME", "RETRAIN_SCHEDULE", "PREFLIGHT"):
                 if (env.get(flat) or "").strip():
                     raise SettingsError(flat, "is for the single pipeline; with PIPELINES, set it on each pipeline")
 
@@ -332,11 +333,17 @@ class Settings:
         if configured:
             pipelines = parse_pipelines(configured, targets, context)
         else:
+            from shared import preflight
             from shared.bes import BesConfig
 
             trainer = BesConfig(jobs_url(flat_url, extra=extra) if flat_url else "", flat_key, **bes_defaults)
             schedule = retrain_schedule(env, strict=True)
-            pipelines = (Pipeline(pipeline, "", trainer, tuple(t.name for t in targets), gate, schedule),)
+            raw_rules = get("PREFLIGHT", "{}")
+            try:
+                rules = preflight.parse_rules(json.loads(raw_rules), "PREFLIGHT")
+            except json.JSONDecodeError as exc:
+                raise SettingsError("PREFLIGHT", f"is not valid JSON ({exc.msg})") from None
+            pipelines = (Pipeline(pipeline, "", trainer, tuple(t.name for t in targets), gate, schedule, rules),)
 
         settings = cls(
             storage_connection=storage,
@@ -463,7 +470,7 @@ def parse_targets(
 
 def parse_pipelines(raw: str, targets: tuple[Target, ...], context: ParseContext) -> tuple[Pipeline, ...]:
     """Parse ``PIPELINES``: a JSON list of pipelines, strictly; every problem names the pipeline and field."""
-    from shared import kinds
+    from shared import kinds, preflight
 
     name = "PIPELINES"
     known = {t.name for t in targets}
@@ -471,7 +478,8 @@ def parse_pipelines(raw: str, targets: tuple[Target, ...], context: ParseContext
     rule = "1-40 lowercase letters, digits and hyphens"
     for pipeline_name, item in named_entries(raw, name, "pipeline", _PIPELINES_NAME_RE, rule, required=True):
         what = f"{name} pipeline {pipeline_name!r}"
-        check_fields(item, what, {"name", "blob_prefix", "trainer", "targets", "gate", "schedule"}, {"name", "trainer"})
+        allowed = {"name", "blob_prefix", "trainer", "targets", "gate", "schedule", "preflight"}
+        check_fields(item, what, allowed, {"name", "trainer"})
         prefix = context.text(item, "blob_prefix", what, "")
         if len(prefix) > 512 or _PREFIX_BAD.search(prefix):
             raise fail(
@@ -501,7 +509,8 @@ def parse_pipelines(raw: str, targets: tuple[Target, ...], context: ParseContext
             if not isinstance(schedule, str):
                 raise fail(f"{what} schedule", "must be an NCRONTAB string")
             schedule = ncrontab(f"{what} schedule", schedule)
-        pipelines.append(Pipeline(pipeline_name, prefix, config, tuple(owned), gate, schedule))
+        rules = preflight.parse_rules(item.get("preflight"), f"{what} preflight")
+        pipelines.append(Pipeline(pipeline_name, prefix, config, tuple(owned), gate, schedule, rules))
     return tuple(pipelines)
 
 

@@ -479,7 +479,7 @@ def _badge(status: str, kind: str | None = None) -> str:
         "ok"
         if status in (R.DEPLOYED, R.FINISHED)
         else "bad"
-        if status in (R.FAILED, R.TIMED_OUT)
+        if status in (R.FAILED, R.TIMED_OUT, R.INVALID)
         else "warn"
         if status in (R.REJECTED, R.PARTIALLY_DEPLOYED, R.CANCELLED)
         else "busy"

@@ -24,7 +24,6 @@ from shared.submission import admit_and_submit, advance_pipeline, take_over
 
 log = logging.getLogger(__name__)
 
-DATA_EXTENSIONS = (".csv", ".tsv", ".arff")
 __all__ = [  # what callers of the workflow use
     "LEASE",
     "NothingToTrain",
@@ -71,17 +70,24 @@ def start_run_for_blob(
         hold = source == "blob" and svc.settings.debounce_seconds > 0
     run = Run.for_blob(pipeline.name, blob, source, actor, now, salt)
     with telemetry.bind(pipeline=run.pipeline, run_id=run.run_id):
-        problem = unusable_blob(blob)
-        if problem:
+        finding = preflight_check(svc, pipeline, blob)
+        if finding.problem:
             run.transition(
-                R.FAILED, by=actor, reason=problem, now=now, error={"code": "UnusableTrainingBlob", "message": problem}
+                R.INVALID,
+                by=actor,
+                reason=finding.problem,
+                now=now,
+                error={"code": "InvalidTrainingData", "message": finding.problem},
             )
             try:
                 svc.store.create(run)
             except RunExists:
                 return _duplicate(svc, run)
-            log.warning("run %s: %s", run.run_id, problem)
-            return Outcome(run.run_id, run.status, "rejected")
+            log.warning("run %s: invalid training data, no job started: %s", run.run_id, finding.problem)
+            telemetry.count("runs.invalid", pipeline=run.pipeline)
+            return Outcome(run.run_id, run.status, "invalid")
+        if finding.notes:
+            run.note(by=actor, reason=f"pre-flight: {'; '.join(finding.notes)}", now=now)
         run.attempts, run.lease_owner, run.lease_until = 1, actor, now + LEASE
         try:
             run = svc.store.create(run)
@@ -127,13 +133,15 @@ def _duplicate(svc: Services, run: Run) -> Outcome:
     return Outcome(run.run_id, current.status, "duplicate")
 
 
-def unusable_blob(blob: BlobRef) -> str | None:
-    """Why this blob cannot be training data, or ``None``. Checked before anything is sent to a trainer."""
-    if not blob.name.lower().endswith(DATA_EXTENSIONS):
-        return f"{blob.path!r} is not training data: BES reads only {', '.join(DATA_EXTENSIONS)} files"
-    if blob.size == 0:
-        return f"{blob.path!r} is empty"
-    return None
+def preflight_check(svc: Services, pipeline: Pipeline, blob: BlobRef):
+    """The pipeline's pre-flight checks of this upload (``shared.preflight``), before anything is sent to
+    its trainer; what is read of the blob is bounded whatever its size."""
+    from shared import preflight
+
+    trainer = svc.trainer(pipeline.name)
+    read = preflight.reader(svc.storage, blob.container, blob.name, blob.etag)
+    rules = pipeline.preflight or preflight.Rules()
+    return preflight.check(blob, rules, trainer.data_extensions, read, trainer.kind.upper())
 
 
 def retrain(
@@ -167,10 +175,11 @@ def newest_training_blob(svc: Services, pipeline: Pipeline | None = None) -> str
     """The newest training blob of ``pipeline`` (under its prefix, and not claimed by a longer one)."""
     pipeline = pipeline or svc.settings.pipelines[0]
     container = svc.settings.training_container
+    extensions = tuple(svc.trainer(pipeline.name).data_extensions)
     blobs = [
         b
         for b in svc.storage.blobs.get_container_client(container).list_blobs(name_starts_with=pipeline.blob_prefix)
-        if b.name.lower().endswith(DATA_EXTENSIONS) and b.size and svc.settings.route(b.name) == pipeline
+        if b.name.lower().endswith(extensions) and b.size and svc.settings.route(b.name) == pipeline
     ]
     if not blobs:
         raise NothingToTrain(

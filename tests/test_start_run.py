@@ -225,11 +225,11 @@ def test_odd_blob_names_train(svc, fresh_emulator, name):
 @pytest.mark.parametrize(
     ("name", "data", "why"), [("notes.txt", b"hello", "is not training data"), ("empty.csv", b"", "is empty")]
 )
-def test_unusable_blobs_are_recorded_as_failed_without_calling_bes(svc, fresh_emulator, name, data, why):
+def test_unusable_blobs_are_recorded_as_invalid_without_calling_bes(svc, fresh_emulator, name, data, why):
     outcome = start(svc, upload(svc, name, data))
     run = run_of(svc, outcome.run_id)
-    assert (outcome.action, run.status) == ("rejected", R.FAILED)
-    assert why in run.error["message"]
+    assert (outcome.action, run.status) == ("invalid", R.INVALID)
+    assert why in run.error["message"] and run.error["code"] == "InvalidTrainingData"
     assert jobs(fresh_emulator) == []
     assert svc.store.get_slot(svc.settings.pipeline).active_run is None
 
