@@ -6,7 +6,7 @@ import azure.functions as func
 import azurefunctions.extensions.bindings.blob as blob_types
 
 from shared import telemetry, workflow
-from shared.settings import blob_trigger_source, schedules
+from shared.settings import blob_trigger_source, notify_queue, schedules
 from shared.storage import blob_ref_from_properties
 
 telemetry.configure_azure_monitor()  # before the app object, as the Functions OpenTelemetry guide says
@@ -89,6 +89,30 @@ def _scheduled(function_name: str, pipeline: str | None, schedule: str) -> None:
 
     globals()[function_name] = retrain_on_schedule
 
+
+def _events(queue: str) -> None:
+    """The notifications' own queue: each event sent to its receiver, once (``shared/notify.py``)."""
+
+    @app.function_name("send_event")
+    @app.queue_trigger(arg_name="msg", queue_name=queue, connection="AzureWebJobsStorage")
+    def send_event(msg: func.QueueMessage, context: func.Context) -> None:
+        from shared import notify
+
+        result = notify.deliver(
+            workflow.get_services(),
+            msg.get_body(),
+            dequeue_count=msg.dequeue_count or 1,
+            max_dequeue_count=notify.max_dequeue_count(),
+            actor=f"events/{msg.id}",
+        )
+        log.info("event %s (delivery %s): %s", msg.id, msg.dequeue_count, result)
+
+    globals()["send_event"] = send_event
+
+
+# Off unless a receiver is configured (NOTIFY_EVENTGRID_TOPIC, NOTIFY_WEBHOOK_URL).
+if _events_queue := notify_queue():
+    _events(_events_queue)
 
 # Off by default: a timer needs a schedule, and "off" has no NCRONTAB spelling. One per schedule.
 for _name, _pipeline, _schedule in schedules():

@@ -531,6 +531,34 @@ def _slot(""",
             "tests/test_preflight.py::test_a_blob_missing_a_required_column_is_invalid_with_no_job_sent_and_no_slot_taken",
         ),
     ),
+    Mutant(
+        "an event is sent again after it was delivered",
+        "shared/notify.py",
+        'if log_entry is not None and log_entry.get("status") == "Delivered":',
+        "if False:",
+        ("tests/test_notify.py::test_a_duplicate_delivery_of_an_event_sends_nothing_twice",),
+    ),
+    Mutant(
+        "an event is sent for an end the run never reached",
+        "shared/notify.py",
+        '    if run is None or not any(h.get("to") == status for h in run.history):',
+        "    if run is None:",
+        ("tests/test_notify.py::test_an_announced_end_that_never_happened_is_dropped_with_a_record",),
+    ),
+    Mutant(
+        "a run's end is written without its event announced",
+        "shared/store.py",
+        "        if self.announce is not None and run.status != run.read_status:\n",
+        "        if False:\n",
+        ("tests/test_notify.py::test_each_notable_end_arrives_once_at_both_receivers_with_nothing_secret",),
+    ),
+    Mutant(
+        "the webhook is not signed over its body",
+        "shared/notify.py",
+        'digest = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()',
+        'digest = hmac.new(secret.encode(), f"{timestamp}.".encode(), hashlib.sha256).hexdigest()',
+        ("tests/test_notify.py::test_the_webhook_signature_is_the_documented_hmac",),
+    ),
 ]
 
 

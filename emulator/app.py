@@ -16,6 +16,7 @@ from emulator.predictive import (
     initial_model,
     seed_arm,
 )
+from emulator.receivers import Receivers
 from emulator.server import Emulator
 from emulator.v2 import AzureMLv2
 from emulator.v2 import seed as seed_v2
@@ -68,6 +69,7 @@ def create(
     identity = Identity(emulator, identity_header or secrets.token_urlsafe(24))
     arm = ArmWebServices(emulator, identity)
     v2 = AzureMLv2(emulator, identity)
+    Receivers(emulator, identity)
 
     def seed() -> None:
         bes.services.clear()

@@ -42,6 +42,9 @@ STORAGE = re.compile(
 # (<region>.api.azureml.ms; .api.ml.azure.us / .cn in the sovereign clouds) and endpoints' scoring
 # hosts (<endpoint>.<region>.inference.ml.azure.com / .us / .cn).
 AZUREML_MLFLOW = re.compile(r"[a-z0-9-]+\.(api\.azureml\.ms|api\.ml\.azure\.(us|cn))")
+# Event Grid topics: <topic>.<region>-1.eventgrid.azure.net (.azure.us, .azure.cn). Webhooks have no
+# known host: only EXTRA_ALLOWED_HOSTS (or loopback) may receive one.
+EVENTGRID = re.compile(r"[a-z0-9-]+\.[a-z0-9-]+\.eventgrid\.azure\.(net|us|cn)")
 AZUREML_INFERENCE = re.compile(r"[a-z0-9-]+\.[a-z0-9-]+\.inference\.ml\.azure\.(com|us|cn)")
 KINDS = {
     "storage": lambda host: bool(STORAGE.fullmatch(host)),
@@ -50,6 +53,8 @@ KINDS = {
     "arm": lambda host: host in ARM_HOSTS,
     "azureml_mlflow": lambda host: bool(AZUREML_MLFLOW.fullmatch(host)),
     "azureml_inference": lambda host: bool(AZUREML_INFERENCE.fullmatch(host)),
+    "eventgrid": lambda host: bool(EVENTGRID.fullmatch(host)),
+    "webhook": lambda host: False,
 }
 _NAME = re.compile(r"(\*\.)?([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}")
 

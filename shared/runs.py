@@ -155,6 +155,7 @@ class Run:
     recorded_at: dt.datetime | None = None
     etag: str | None = None
     written_at: dt.datetime | None = None  # server Timestamp of the version read (not stored)
+    read_status: str | None = None  # the status as read from storage (not stored): what a write changes
 
     @classmethod
     def for_blob(cls, pipeline: str, blob: BlobRef, source: str, actor: str, now: dt.datetime, salt: str = "") -> Run:

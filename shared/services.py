@@ -76,7 +76,7 @@ def build_services(settings: Settings, *, create: bool = True) -> Services:
     else:
         storage = Storage(settings.storage_connection)
     store = RunStore.open(storage.tables, settings.runs_table, create=create)
-    return Services(
+    services = Services(
         settings=settings,
         storage=storage,
         store=store,
@@ -84,6 +84,11 @@ def build_services(settings: Settings, *, create: bool = True) -> Services:
         commands=CommandLog(store.table),
         credential=credential,
     )
+    if settings.notify is not None:
+        from shared import notify
+
+        store.announce = lambda run: notify.announce(services, run)
+    return services
 
 
 def azure_credential(client_id: str | None = None):

@@ -161,6 +161,7 @@ class Settings:
     extra_allowed_hosts: tuple[str, ...] = ()
     pipelines: tuple[Pipeline, ...] = ()
     poll_concurrency: int = 16
+    notify: Any = None  # shared.notify.NotifyConfig when an event receiver is configured
 
     def target(self, name: str) -> Target | None:
         return next((t for t in self.targets if t.name == name), None)
@@ -379,9 +380,48 @@ class Settings:
             retrain_schedule=pipelines[0].schedule if not configured else None,
             retrain_always=flag("RETRAIN_ALWAYS", False),
             debounce_seconds=integer("DEBOUNCE_SECONDS", 0, 0, 24 * 3600),
+            notify=notify_config(env, extra, queue, get),
         )
         hold_secrets(settings, env)
         return settings
+
+
+def notify_config(env: Mapping[str, str], extra: tuple[str, ...], commands_queue: str, get=None):
+    """``NOTIFY_*``: an Event Grid topic and/or a signed webhook; ``None`` when neither is set."""
+    topic = (env.get("NOTIFY_EVENTGRID_TOPIC") or "").strip()
+    webhook = (env.get("NOTIFY_WEBHOOK_URL") or "").strip()
+    if not topic and not webhook:
+        return None
+    from shared.notify import NotifyConfig
+
+    queue = (env.get("NOTIFY_QUEUE") or "").strip() or "retraining-events"
+    if not _QUEUE_RE.fullmatch(queue) or queue == commands_queue:
+        raise SettingsError("NOTIFY_QUEUE", f"{queue!r} must be a valid queue name other than COMMANDS_QUEUE")
+    secret = (env.get("NOTIFY_WEBHOOK_SECRET") or "").strip() or None
+    if webhook and (secret is None or len(secret) < 16):
+        raise SettingsError("NOTIFY_WEBHOOK_SECRET", "is required with NOTIFY_WEBHOOK_URL: at least 16 characters")
+    key = (env.get("NOTIFY_EVENTGRID_KEY") or "").strip() or None
+    for name, value in (("NOTIFY_WEBHOOK_SECRET", secret), ("NOTIFY_EVENTGRID_KEY", key)):
+        if value and value.startswith("@Microsoft.KeyVault("):
+            raise SettingsError(name, "is an unresolved Key Vault reference; check the app's identity and the secret")
+    site = (env.get("WEBSITE_SITE_NAME") or "local").strip()
+    return NotifyConfig(
+        queue=queue,
+        eventgrid_topic=https_url(topic, "NOTIFY_EVENTGRID_TOPIC", "eventgrid", extra) if topic else None,
+        eventgrid_key=key,
+        webhook_url=https_url(webhook, "NOTIFY_WEBHOOK_URL", "webhook", extra) if webhook else None,
+        webhook_secret=secret,
+        source=f"/retraining-autopilot/{site}",
+    )
+
+
+def notify_queue(env: Mapping[str, str] | None = None) -> str | None:
+    """The events queue, if notifications are configured (read at import, to register its trigger)."""
+    env = os.environ if env is None else env
+    if not (env.get("NOTIFY_EVENTGRID_TOPIC") or "").strip() and not (env.get("NOTIFY_WEBHOOK_URL") or "").strip():
+        return None
+    queue = (env.get("NOTIFY_QUEUE") or "").strip() or "retraining-events"
+    return queue if _QUEUE_RE.fullmatch(queue) else None
 
 
 # Secrets the platform puts in the app's environment (App Service's managed-identity endpoint).
@@ -399,6 +439,8 @@ def hold_secrets(settings: Settings, env: Mapping[str, str]) -> None:
             (p.split("=", 1)[1] for p in settings.storage_connection.split(";") if p.startswith("AccountKey=")), None
         )
     keys = [getattr(t, "api_key", None) for t in (*settings.targets, *(p.trainer for p in settings.pipelines))]
+    if settings.notify is not None:
+        keys += [settings.notify.webhook_secret, settings.notify.eventgrid_key]
     hold(settings.bes_api_key, account_key, settings.storage_connection, *keys, *(env.get(n) for n in PLATFORM_SECRETS))
 
 

@@ -130,6 +130,7 @@ def run_from_entity(entity: Any) -> Run:
         # Never saved since its insert: the entity's Timestamp is when storage recorded it.
         recorded_at=_dt(get("recorded_at")) or _dt(metadata.get("timestamp")),
         etag=metadata.get("etag"),
+        read_status=get("status"),
         written_at=_dt(metadata.get("timestamp")),
     )
 
@@ -261,6 +262,12 @@ def _redacted(entity) -> dict:
 class RunStore:
     def __init__(self, table: TableClient) -> None:
         self.table = table if isinstance(table, RedactingTable) else RedactingTable(table)
+        # Called with a run about to be written into a new status, before the write (notifications).
+        self.announce: Callable[[Run], None] | None = None
+
+    def _announce(self, run: Run) -> None:
+        if self.announce is not None and run.status != run.read_status:
+            self.announce(run)
 
     @classmethod
     def open(cls, service: TableServiceClient, table_name: str, *, create: bool = True) -> RunStore:
@@ -272,11 +279,12 @@ class RunStore:
     # --- runs -----------------------------------------------------------------------------------
 
     def create(self, run: Run) -> Run:
+        self._announce(run)
         try:
             meta = self.table.create_entity(run_entity(run))
         except ResourceExistsError:
             raise RunExists(run.run_id) from None
-        run.etag = meta["etag"]
+        run.etag, run.read_status = meta["etag"], run.status
         run.recorded_at = run.written_at = server_time(meta)
         return run
 
@@ -290,13 +298,14 @@ class RunStore:
         """Replace the run if nobody changed it since it was read; else raise :class:`StaleError`."""
         if run.etag is None:
             raise ValueError("save() needs a run that was read or created (no ETag)")
+        self._announce(run)
         try:
             meta = self.table.update_entity(
                 run_entity(run), mode=UpdateMode.REPLACE, etag=run.etag, match_condition=MatchConditions.IfNotModified
             )
         except (ResourceModifiedError, ResourceNotFoundError):
             raise StaleError(run.run_id) from None
-        run.etag, run.written_at = meta["etag"], server_time(meta)
+        run.etag, run.written_at, run.read_status = meta["etag"], server_time(meta), run.status
         return run
 
     def update(self, pipeline: str, run_id: str, change: Callable[[Run], bool], held: Run | None = None) -> Run | None:
