@@ -559,6 +559,34 @@ def _slot(""",
         'digest = hmac.new(secret.encode(), f"{timestamp}.".encode(), hashlib.sha256).hexdigest()',
         ("tests/test_notify.py::test_the_webhook_signature_is_the_documented_hmac",),
     ),
+    Mutant(
+        "a target with manual approval deploys without one",
+        "shared/deploy.py",
+        '            if hours is not None and force_reason is None and not current.get("approval"):\n',
+        "            if False:\n",
+        ("tests/test_approvals.py::test_a_manual_target_waits_while_the_other_deploys_and_approve_releases_it_once",),
+    ),
+    Mutant(
+        "a refusal deploys anyway",
+        "shared/deploy.py",
+        "    if not approve:\n        _end_waiting(",
+        "    if False:\n        _end_waiting(",
+        ("tests/test_approvals.py::test_reject_and_expiry_deploy_nothing_and_say_who_or_why",),
+    ),
+    Mutant(
+        "an expired approval can still be waited for",
+        "shared/deploy.py",
+        "        if state.awaiting_run and state.awaiting_until and state.awaiting_until <= now:\n",
+        "        if False:\n",
+        ("tests/test_approvals.py::test_reject_and_expiry_deploy_nothing_and_say_who_or_why",),
+    ),
+    Mutant(
+        "an older run waiting for approval is not superseded by a newer one",
+        "shared/deploy.py",
+        "    for older in replaced:\n",
+        "    for older in []:\n",
+        ("tests/test_approvals.py::test_a_newer_approved_run_supersedes_an_older_one_still_waiting",),
+    ),
 ]
 
 

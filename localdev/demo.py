@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 import secrets
 import shutil
 import sys
@@ -79,6 +80,11 @@ def demo(argv: list[str] | None) -> int:
         help="two pipelines side by side (census and churn, each its own training service), and an "
         "upload no pipeline claims",
     )
+    parser.add_argument(
+        "--governance",
+        action="store_true",
+        help="pre-flight checks, a manual approval on the ARM web service, and the notifications they send",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
     # azure-functions warns that auth levels apply only to HTTP functions; true and irrelevant here.
@@ -110,6 +116,9 @@ def demo(argv: list[str] | None) -> int:
         }
         if args.pipelines:
             settings.update(two_pipelines(emulator, api_key, settings))
+        if args.governance:
+            settings.update(governance_settings(emulator, targets))
+            os.environ.update(settings)  # before the app is imported: it registers the events trigger then
         say(f"  Azurite blob endpoint  http://127.0.0.1:{azurite.blob_port}/devstoreaccount1")
         say(f"  BES jobs URL           {info['bes_jobs_url']}")
         say(f"  deploy targets         classic endpoint 'retrain', ARM web service {info['arm_resource_id']}")
@@ -127,6 +136,10 @@ def demo(argv: list[str] | None) -> int:
         svc.storage.ensure_container("training-data")
         if args.pipelines:
             ok = pipelines_story(svc, host, args.timeout)
+            keep_open(args, host, base, function_key)
+            return 0 if ok else 1
+        if args.governance:
+            ok = governance_story(svc, host, emulator, args.timeout)
             keep_open(args, host, base, function_key)
             return 0 if ok else 1
         before = scores(emulator, api_key)
@@ -248,6 +261,105 @@ def keep_open(args, host, base: str, function_key: str) -> None:
             while True:
                 host.scan_blobs() + host.tick_timers() + host.pump_queues()
                 time.sleep(1)
+
+
+def governance_settings(emulator: EmulatorProcess, targets: list[dict]) -> dict:
+    """Pre-flight rules, manual approval on the ARM web service, and both event receivers (on the emulator)."""
+    topic_key, hook_secret = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
+    emulator.admin("POST", "receivers", {"topic_key": topic_key, "webhook_secret": hook_secret})
+    targets[1].update(approval="manual", approval_hours=24)
+    say("  governance             pre-flight: header must have age, label; arm-census needs a person's approval;")
+    say("                         events to an Event Grid topic and a signed webhook (both on the emulator)")
+    return {
+        "PREFLIGHT": json.dumps({"required_columns": ["age", "label"], "min_rows": 100}),
+        "DEPLOY_TARGETS": json.dumps(targets),
+        "NOTIFY_EVENTGRID_TOPIC": f"{emulator.url}/eventgrid/autopilot/api/events",
+        "NOTIFY_EVENTGRID_KEY": topic_key,
+        "NOTIFY_WEBHOOK_URL": f"{emulator.url}/webhook/ops",
+        "NOTIFY_WEBHOOK_SECRET": hook_secret,
+    }
+
+
+def governance_story(svc, host, emulator: EmulatorProcess, timeout: float) -> bool:
+    """An upload that cannot train (Invalid, no job); a good one that deploys to the classic endpoint and
+    waits for approval on the ARM web service; the approval; and the events all of it sent."""
+    from emulator.sample_data import generate
+
+    def pump(until, what: str):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            host.scan_blobs() + host.tick_timers() + host.pump_queues()
+            found = until()
+            if found:
+                return found
+            time.sleep(0.25)
+        raise TimeoutError(f"{what} did not happen within {timeout:.0f}s")
+
+    def run_of(name: str):
+        return next((r for r in svc.store.list_runs("default") if r.blob_name == name), None)
+
+    say("\nUploading census-no-label.csv (its header lacks the label column) ...")
+    svc.storage.blobs.get_blob_client("training-data", "census-no-label.csv").upload_blob(
+        b"age,income\n" + b"0.1,0.2\n" * 200, overwrite=True
+    )
+    invalid = pump(lambda: run_of("census-no-label.csv"), "the invalid upload's run")
+    say(fit(f"  [run {invalid.run_id}] {invalid.status}: {invalid.error['message']}"))
+    say(f"  jobs sent to BES for it: {sum(1 for j in emulator.admin('GET', 'jobs'))}")
+
+    say("\nUploading census-2026-11.csv ...")
+    svc.storage.blobs.get_blob_client("training-data", "census-2026-11.csv").upload_blob(
+        generate(800, seed=3, label_noise=0.1).encode(), overwrite=True
+    )
+    waiting = pump(
+        lambda: (r := run_of("census-2026-11.csv")) and r.status == "AwaitingApproval" and r, "the approval wait"
+    )
+    for name, target in sorted(waiting.targets.items()):
+        say(fit(f"  {name}: {target['status']} - {target['reason']}"))
+
+    say(f"\nana@example.com approves run {waiting.run_id} on arm-census (an approve command on the queue) ...")
+    command = {
+        "type": "approve",
+        "version": 1,
+        "request_id": f"approve-{waiting.run_id}",
+        "run_id": waiting.run_id,
+        "target": "arm-census",
+        "approver": "ana@example.com",
+        "reason": "lift checked on the holdout",
+    }
+    svc.storage.queue(svc.settings.commands_queue).send_message(json.dumps(command))
+    done = pump(lambda: (r := run_of("census-2026-11.csv")) and r.ended and r, "the approved deploy")
+    for name, target in sorted(done.targets.items()):
+        approval = target.get("approval")
+        by = f" (approved by {approval['by']}: {approval['reason']})" if approval else ""
+        say(fit(f"  {name}: {target['status']}{by}"))
+    say(f"  run {done.run_id}: {done.status}")
+
+    expected = {"Autopilot.Run.Invalid", "Autopilot.Run.AwaitingApproval", "Autopilot.Run.Deployed"}
+    received = pump(
+        lambda: (
+            (got := emulator.admin("GET", "received"))
+            and {e["event"]["type"] for e in got if e["receiver"] == "webhook"} >= expected
+            and {e["event"]["type"] for e in got if e["receiver"] == "eventgrid"} >= expected
+            and got
+        ),
+        "the notifications",
+    )
+    say("\nEvents received (CloudEvents; the webhook's HMAC signature verified by the receiver):")
+    table(
+        [[e["receiver"], e["event"]["type"], e["event"]["subject"]] for e in received],
+        ["receiver", "type", "subject"],
+    )
+    ok = invalid.status == "Invalid" and done.status == "Deployed" and len(received) == 6
+    say(
+        "\n"
+        + (
+            "OK: the upload that could not train spent no job; the approved model went live on both targets "
+            "after the approval; each event arrived once at each receiver."
+            if ok
+            else "UNEXPECTED: see above."
+        )
+    )
+    return ok
 
 
 CHURN_SERVICE = "c4a1f0e2d3b4455687a9b0c1d2e3f405"

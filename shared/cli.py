@@ -74,6 +74,8 @@ def build_command(args: argparse.Namespace) -> dict:
         body["target"] = args.target
         if args.to_run:
             body["to_run"] = args.to_run
+    if args.command in ("approve", "reject"):
+        body.update(run_id=args.run_id, target=args.target, approver=args.approver)
     if args.reason:
         body["reason"] = args.reason
     return body
@@ -537,6 +539,8 @@ def parser() -> argparse.ArgumentParser:
         ("retrain", "retrain on a blob of the training container (default: the newest)"),
         ("deploy", "deploy a finished run"),
         ("rollback", "put an earlier model back on a target"),
+        ("approve", "approve a run waiting for approval on a target (manual approval): it is deployed there"),
+        ("reject", "refuse a run waiting for approval on a target: it is not deployed there"),
     ):
         kind = kinds.add_parser(name, help=text, parents=[sending])
         kind.add_argument("--request-id", help="the same id twice is carried out once (default: a new one)")
@@ -551,6 +555,10 @@ def parser() -> argparse.ArgumentParser:
         if name == "rollback":
             kind.add_argument("target")
             kind.add_argument("--to-run", help="the run whose model to put back (default: the one replaced)")
+        if name in ("approve", "reject"):
+            kind.add_argument("run_id")
+            kind.add_argument("target")
+            kind.add_argument("--approver", required=True, help="who decides (recorded)")
 
     def reader(name: str, text: str, pipeline: bool = True) -> argparse.ArgumentParser:
         command = sub.add_parser(name, help=text, parents=[common])

@@ -77,6 +77,9 @@ def ecma_pattern(pattern: str) -> str:
     return "".join(out)
 
 
+COMMAND_TYPES = ("retrain", "deploy", "rollback", "approve", "reject")
+
+
 @functools.cache
 def _validators() -> dict:
     from jsonschema import Draft202012Validator, ValidationError, validators
@@ -87,7 +90,7 @@ def _validators() -> dict:
 
     Validator = validators.extend(Draft202012Validator, {"pattern": pattern})
     root = Validator(_schema())
-    return {name: root.evolve(schema=_schema()["$defs"][name]) for name in ("retrain", "deploy", "rollback")}
+    return {name: root.evolve(schema=_schema()["$defs"][name]) for name in COMMAND_TYPES}
 
 
 def parse(raw: bytes) -> dict:
@@ -108,7 +111,7 @@ def parse(raw: bytes) -> dict:
         raise CommandRejected(f"unsupported command version {body.get('version')!r} (this app speaks version 1)")
     validator = _validators().get(body.get("type")) if isinstance(body.get("type"), str) else None
     if validator is None:
-        raise CommandRejected(f"unknown command type {body.get('type')!r} (expected retrain, deploy or rollback)")
+        raise CommandRejected(f"unknown command type {body.get('type')!r} (expected {', '.join(COMMAND_TYPES)})")
     error = best_match(validator.iter_errors(body))
     if error is not None:
         what = error.message
@@ -292,5 +295,16 @@ def _execute(svc, body: dict, *, actor: str, attempt: int, max_attempts: int) ->
         )
         states = ", ".join(f"{n}: {t['status']}" for n, t in sorted(run.targets.items()))
         return f"deploy {run.run_id}: {run.status} ({states})"
+    if kind in ("approve", "reject"):
+        return deploy.decide(
+            svc,
+            pipeline.name,
+            body["run_id"],
+            body["target"],
+            approve=kind == "approve",
+            approver=body["approver"],
+            reason=body["reason"],
+            actor=actor,
+        )
     result = deploy.rollback(svc, pipeline.name, body["target"], body.get("to_run"), actor=actor)
     return f"rollback {body['target']}: {result.action} ({result.reason})"

@@ -24,6 +24,9 @@ log = logging.getLogger(__name__)
 
 TARGET_LEASE = dt.timedelta(minutes=15)
 DEPLOYED, SKIPPED, FAILED, RETRYING = "Deployed", "Skipped", "Failed", "Retrying"
+# Manual approval, per target: waiting, then a person's decision, an expiry or a newer run's approval.
+AWAITING, REFUSED, EXPIRED, SUPERSEDED = "AwaitingApproval", "RefusedByApprover", "ApprovalExpired", "Superseded"
+DONE = (DEPLOYED, SKIPPED, FAILED, REFUSED, EXPIRED, SUPERSEDED)  # a target's ends on a run
 
 
 class DeployError(ServiceError):
@@ -208,7 +211,9 @@ def deploy_run(
         if run is None:
             raise CommandRejected(f"no run {run_id!r} in pipeline {pipeline!r}")
         if force_reason is None:
-            if run.status not in (R.APPROVED, R.DEPLOYING, R.DEPLOYED, R.PARTIALLY_DEPLOYED, R.FAILED):
+            if run.status not in (
+                R.APPROVED, R.DEPLOYING, R.AWAITING_APPROVAL, R.DEPLOYED, R.PARTIALLY_DEPLOYED, R.FAILED
+            ):  # fmt: skip
                 raise CommandRejected(f"run {run_id} is {run.status}, not approved for deployment")
             names = _approved(run, target_names)
         else:
@@ -219,12 +224,17 @@ def deploy_run(
         results: dict[str, dict] = {}
         retry: list[str] = []
         for name in names:
-            done = run.targets.get(name, {}).get("status") in (DEPLOYED, SKIPPED, FAILED)
+            current = run.targets.get(name, {})
+            done = current.get("status") in (*DONE, AWAITING)
             if done and force_reason is None:
-                continue  # done on an earlier delivery
+                continue  # done on an earlier delivery, or waiting for a person
             target = svc.settings.target(name)
             if target is None:
                 results[name] = {"status": FAILED, "reason": "target is no longer configured"}
+                continue
+            hours = svc.settings.approval_hours(name)
+            if hours is not None and force_reason is None and not current.get("approval"):
+                results[name] = await_approval(svc, name, run, hours, actor)
                 continue
             try:
                 outcome = put_live(svc, target, run, actor=actor, kind=kind)
@@ -253,6 +263,100 @@ def deploy_run(
         return run
 
 
+def await_approval(svc, name: str, run: Run, hours: int, actor: str) -> dict:
+    """Hold ``run`` for a person's approval on target ``name`` (recorded on the target's state, the index
+    the poll expires approvals from); a run of the same pipeline already waiting there is superseded."""
+    until = utcnow() + dt.timedelta(hours=hours)
+    replaced: list[str] = []
+
+    def attempt() -> None:
+        state = svc.targets.get(name)
+        replaced[:] = [state.awaiting_run] if state.awaiting_run and state.awaiting_run != run.run_id else []
+        state.awaiting_run, state.awaiting_until = run.run_id, until
+        svc.targets.save(state)
+
+    retry_on_conflict(attempt, f"target {name}")
+    for older in replaced:
+        _end_waiting(svc, run.pipeline, older, name, SUPERSEDED, f"superseded by run {run.run_id}", actor)
+    svc.targets.record(
+        name, utcnow(), {"kind": "awaiting approval", "run": run.run_id, "by": actor, "until": R.iso(until)}
+    )
+    return {"status": AWAITING, "reason": f"waiting for approval until {R.iso(until)}", "until": R.iso(until)}
+
+
+def decide(svc, pipeline: str, run_id: str, name: str, *, approve: bool, approver: str, reason: str, actor: str) -> str:
+    """A person's ``approve`` or ``reject`` of ``run_id`` on target ``name``: recorded on the run and in
+    the target's history; an approval deploys (verified, as any deploy)."""
+    run = svc.store.get(pipeline, run_id)
+    if run is None:
+        raise CommandRejected(f"no run {run_id!r} in pipeline {pipeline!r}")
+    waiting = run.targets.get(name, {})
+    if waiting.get("status") != AWAITING:
+        raise CommandRejected(
+            f"run {run_id} is not waiting for approval on {name} "
+            f"(it is {waiting.get('status') or 'not deploying there'})"
+        )
+    if dt.datetime.fromisoformat(waiting["until"].replace("Z", "+00:00")) <= utcnow():
+        _end_waiting(svc, pipeline, run_id, name, EXPIRED, f"the approval expired at {waiting['until']}", actor)
+        raise CommandRejected(f"the approval of run {run_id} on {name} expired at {waiting['until']}")
+    decision = {"approved": approve, "by": approver, "reason": reason, "at": R.iso(utcnow())}
+    svc.targets.record(
+        name, utcnow(), {"kind": "approval" if approve else "refusal", "run": run_id, "by": approver, "reason": reason}
+    )
+    _clear_waiting(svc, name, run_id)
+    if not approve:
+        _end_waiting(svc, pipeline, run_id, name, REFUSED, f"refused by {approver}: {reason}", actor, decision)
+        return f"{name}: refused by {approver}"
+    target = svc.settings.target(name)
+    result = {"approval": decision}
+    try:
+        outcome = put_live(svc, target, run, actor=actor)
+        result.update(status=SKIPPED if outcome.action == "skipped" else DEPLOYED, reason=outcome.reason)
+    except ServiceError as exc:
+        if exc.transient:
+            # keep it waiting, approved: the command's retry deploys it
+            _record_targets(svc, run, {name: {**waiting, "approval": decision}}, _approved(run, None), actor)
+            raise
+        result.update(status=FAILED, reason=str(exc), error=exc.as_record())
+    _record_targets(svc, run, {name: result}, _approved(run, None), actor)
+    return f"{name}: approved by {approver}, {result['status']}"
+
+
+def expire_approvals(svc, actor: str) -> list[str]:
+    """End every wait for approval that has run out (one query of the small targets partition)."""
+    now, expired = utcnow(), []
+    for state in svc.targets.recorded():
+        if state.awaiting_run and state.awaiting_until and state.awaiting_until <= now:
+            owner = svc.settings.pipeline_of_target(state.name)
+            if owner is not None:
+                reason = f"the approval expired at {R.iso(state.awaiting_until)}"
+                _end_waiting(svc, owner.name, state.awaiting_run, state.name, EXPIRED, reason, actor)
+            _clear_waiting(svc, state.name, state.awaiting_run)
+            expired.append(f"{state.name}: {state.awaiting_run}")
+    return expired
+
+
+def _clear_waiting(svc, name: str, run_id: str) -> None:
+    def attempt() -> None:
+        state = svc.targets.get(name)
+        if state.awaiting_run == run_id:
+            state.awaiting_run = state.awaiting_until = None
+            svc.targets.save(state)
+
+    retry_on_conflict(attempt, f"target {name}")
+
+
+def _end_waiting(
+    svc, pipeline: str, run_id: str, name: str, status: str, reason: str, actor: str, decision: dict | None = None
+) -> None:
+    run = svc.store.get(pipeline, run_id)
+    if run is None or run.targets.get(name, {}).get("status") != AWAITING:
+        return
+    result = {"status": status, "reason": reason, **({"approval": decision} if decision else {})}
+    _record_targets(svc, run, {name: result}, _approved(run, None), actor)
+    log.info("run %s target %s: %s (%s)", run_id, name, status, reason)
+
+
 def _approved(run: Run, target_names: list[str] | None) -> list[str]:
     """The targets a plain deploy of ``run`` goes to: those its gate approved (of ``target_names``)."""
     approved = [name for name, gate in run.gate.items() if gate.get("approved")]
@@ -279,7 +383,7 @@ def give_up(
     results = {
         name: {"status": FAILED, "reason": reason}
         for name in names
-        if run.targets.get(name, {}).get("status") not in (DEPLOYED, SKIPPED, FAILED)
+        if run.targets.get(name, {}).get("status") not in (*DONE, AWAITING)
     }
     if results:
         _record_targets(svc, run, results, names, actor)
@@ -293,11 +397,23 @@ def _record_targets(svc, run: Run, results: dict[str, dict], names: list[str], a
         statuses = [current.targets.get(n, {}).get("status") for n in names]
         if current.status == R.APPROVED:
             current.transition(R.DEPLOYING, by=actor, reason="deploying")
-        if current.status == R.DEPLOYING and statuses and all(s in (DEPLOYED, SKIPPED, FAILED) for s in statuses):
+        summary = "; ".join(f"{n}: {current.targets.get(n, {}).get('status')}" for n in names)
+        waiting = current.status in (R.DEPLOYING, R.AWAITING_APPROVAL)
+        if waiting and statuses and all(s in DONE for s in statuses):
             ok = [n for n, s in zip(names, statuses, strict=True) if s in (DEPLOYED, SKIPPED)]
-            final = R.DEPLOYED if len(ok) == len(names) else R.PARTIALLY_DEPLOYED if ok else R.FAILED
-            summary = "; ".join(f"{n}: {current.targets[n]['status']}" for n in names)
+            declined = all(s in (REFUSED, EXPIRED, SUPERSEDED) for s in statuses)
+            final = (
+                R.DEPLOYED
+                if len(ok) == len(names)
+                else R.PARTIALLY_DEPLOYED
+                if ok
+                else R.REJECTED
+                if declined
+                else R.FAILED
+            )
             current.transition(final, by=actor, reason=summary)
+        elif current.status == R.DEPLOYING and statuses and all(s in (*DONE, AWAITING) for s in statuses):
+            current.transition(R.AWAITING_APPROVAL, by=actor, reason=summary)
         elif results:
             current.note(
                 by=actor, reason="; ".join(f"{n}: {r['status']} ({r['reason'][:120]})" for n, r in results.items())

@@ -38,7 +38,9 @@ from shared.redact import hold, redact_tree
 
 log = logging.getLogger(__name__)
 
-EVENT_STATUSES = frozenset({R.DEPLOYED, R.PARTIALLY_DEPLOYED, R.REJECTED, R.FAILED, R.TIMED_OUT, R.INVALID})
+EVENT_STATUSES = frozenset(
+    {R.DEPLOYED, R.PARTIALLY_DEPLOYED, R.REJECTED, R.FAILED, R.TIMED_OUT, R.INVALID, R.AWAITING_APPROVAL}
+)
 EVENTS_PARTITION = "_events"
 EVENTGRID_SCOPE = "https://eventgrid.azure.net/.default"
 ANNOUNCE_DELAY_SECONDS = 3  # the state write normally lands before the message becomes visible

@@ -33,6 +33,13 @@ def poll(svc, *, actor: str, now: dt.datetime | None = None) -> list[Outcome]:
     now = now or utcnow()
     configured = {p.name for p in svc.settings.pipelines}
     work = [s for s in svc.store.slots() if s.pipeline in configured and (s.active_run or s.waiting_run)]
+    if svc.settings.approvals:  # waits for a person's approval that ran out end here, recorded
+        try:
+            from shared import deploy
+
+            deploy.expire_approvals(svc, actor)
+        except Exception:  # never in the way of the runs' own polling; the next tick tries again
+            log.exception("expiring approvals failed")
     if len(work) <= 1:
         outcomes = [poll_pipeline(svc, slot, actor, now) for slot in work]
     else:

@@ -39,6 +39,7 @@ TIMED_OUT = "TimedOut"
 CANCELLED = "Cancelled"
 SUPERSEDED = "Superseded"
 INVALID = "Invalid"  # the upload failed its pipeline's pre-flight checks: no job was spent on it
+AWAITING_APPROVAL = "AwaitingApproval"  # deployed where it could be; a target with manual approval waits
 
 TRANSITIONS: dict[str, frozenset[str]] = {
     REQUESTED: frozenset({WAITING, SUBMITTED, SUPERSEDED, FAILED, CANCELLED, INVALID}),
@@ -46,7 +47,8 @@ TRANSITIONS: dict[str, frozenset[str]] = {
     SUBMITTED: frozenset({RUNNING, FAILED, CANCELLED, TIMED_OUT}),
     RUNNING: frozenset({APPROVED, REJECTED, FINISHED, FAILED, CANCELLED, TIMED_OUT, REQUESTED}),
     APPROVED: frozenset({DEPLOYING, CANCELLED}),
-    DEPLOYING: frozenset({DEPLOYED, PARTIALLY_DEPLOYED, FAILED}),
+    DEPLOYING: frozenset({DEPLOYED, PARTIALLY_DEPLOYED, FAILED, AWAITING_APPROVAL, REJECTED}),
+    AWAITING_APPROVAL: frozenset({DEPLOYED, PARTIALLY_DEPLOYED, FAILED, REJECTED}),
     **{
         end: frozenset()
         for end in (FINISHED, REJECTED, DEPLOYED, PARTIALLY_DEPLOYED, FAILED, TIMED_OUT, CANCELLED, SUPERSEDED, INVALID)

@@ -162,9 +162,14 @@ class Settings:
     pipelines: tuple[Pipeline, ...] = ()
     poll_concurrency: int = 16
     notify: Any = None  # shared.notify.NotifyConfig when an event receiver is configured
+    approvals: Mapping[str, int] = field(default_factory=dict)  # target -> hours an approval may wait (manual ones)
 
     def target(self, name: str) -> Target | None:
         return next((t for t in self.targets if t.name == name), None)
+
+    def approval_hours(self, name: str) -> int | None:
+        """How long a run may wait for a person's approval on target ``name``; ``None``: no approval needed."""
+        return self.approvals.get(name)
 
     def pipeline_named(self, name: str | None) -> Pipeline | None:
         return next((p for p in self.pipelines if p.name == name), None)
@@ -318,7 +323,8 @@ class Settings:
         # With PIPELINES, each pipeline names its own training service: the flat one is optional.
         flat_url = get("BES_JOBS_URL", "" if configured or for_reading else None)
         flat_key = get("BES_API_KEY", "" if configured or for_reading else None)
-        targets = parse_targets(get("DEPLOY_TARGETS", "[]"), env, extra, for_reading=for_reading)
+        approvals: dict[str, int] = {}
+        targets = parse_targets(get("DEPLOY_TARGETS", "[]"), env, extra, for_reading=for_reading, approvals=approvals)
         gate = Gate(
             get("GATE_METRIC", "AUC"),
             number("GATE_MIN", None, -1e9, 1e9),
@@ -381,6 +387,7 @@ class Settings:
             retrain_always=flag("RETRAIN_ALWAYS", False),
             debounce_seconds=integer("DEBOUNCE_SECONDS", 0, 0, 24 * 3600),
             notify=notify_config(env, extra, queue, get),
+            approvals=approvals,
         )
         hold_secrets(settings, env)
         return settings
@@ -492,9 +499,15 @@ def named_entries(raw: str, setting: str, noun: str, name_re: re.Pattern, rule: 
 
 
 def parse_targets(
-    raw: str, env: Mapping[str, str], extra: tuple[str, ...] = (), *, for_reading: bool = False
+    raw: str,
+    env: Mapping[str, str],
+    extra: tuple[str, ...] = (),
+    *,
+    for_reading: bool = False,
+    approvals: dict[str, int] | None = None,
 ) -> tuple[Target, ...]:
-    """Parse ``DEPLOY_TARGETS``: a JSON list of named targets, each parsed strictly by its kind's module."""
+    """Parse ``DEPLOY_TARGETS``: a JSON list of named targets, each parsed strictly by its kind's module.
+    Every kind also takes ``approval`` (``auto`` or ``manual``) and ``approval_hours``, put in ``approvals``."""
     from shared import kinds
 
     name = "DEPLOY_TARGETS"
@@ -505,7 +518,14 @@ def parse_targets(
         kind = item.get("kind")
         if kind not in kinds.TARGETS:
             raise SettingsError(name, f"{where} has unknown kind {kind!r} (expected one of {', '.join(kinds.TARGETS)})")
-        fields = {k: v for k, v in item.items() if k not in ("name", "kind")}
+        fields = {k: v for k, v in item.items() if k not in ("name", "kind", "approval", "approval_hours")}
+        approval, hours = item.get("approval", "auto"), item.get("approval_hours", 24)
+        if approval not in ("auto", "manual"):
+            raise SettingsError(name, f"{where} approval: must be 'auto' or 'manual'")
+        if not isinstance(hours, int) or isinstance(hours, bool) or not 1 <= hours <= 720:
+            raise SettingsError(name, f"{where} approval_hours: must be a whole number of hours from 1 to 720")
+        if approval == "manual" and approvals is not None:
+            approvals[target_name] = hours
         targets.append(kinds.target_module(kind).parse_config(target_name, fields, f"{name} {where}", context))
     return tuple(targets)
 

@@ -481,7 +481,7 @@ def _badge(status: str, kind: str | None = None) -> str:
         else "bad"
         if status in (R.FAILED, R.TIMED_OUT, R.INVALID)
         else "warn"
-        if status in (R.REJECTED, R.PARTIALLY_DEPLOYED, R.CANCELLED)
+        if status in (R.REJECTED, R.PARTIALLY_DEPLOYED, R.CANCELLED, R.AWAITING_APPROVAL)
         else "busy"
         if status in (R.SUBMITTED, R.RUNNING, R.APPROVED, R.DEPLOYING, R.REQUESTED)
         else "idle"

@@ -472,6 +472,8 @@ class TargetState:
     previous_model: str | None = None
     deploying_run: str | None = None
     lease_until: dt.datetime | None = None
+    awaiting_run: str | None = None  # a run waiting for a person's approval here (manual approval)
+    awaiting_until: dt.datetime | None = None  # when that approval expires
     etag: str | None = None
     written_at: dt.datetime | None = None  # server Timestamp of the version read (caps a skewed lease)
 
@@ -488,6 +490,8 @@ class TargetState:
             "previous_model": self.previous_model,
             "deploying_run": self.deploying_run,
             "lease_until": self.lease_until,
+            "awaiting_run": self.awaiting_run,
+            "awaiting_until": self.awaiting_until,
         }
 
     @classmethod
@@ -503,6 +507,8 @@ class TargetState:
             previous_model=entity.get("previous_model"),
             deploying_run=entity.get("deploying_run"),
             lease_until=entity.get("lease_until"),
+            awaiting_run=entity.get("awaiting_run"),
+            awaiting_until=entity.get("awaiting_until"),
             etag=entity.metadata["etag"],
             written_at=written_at(entity),
         )

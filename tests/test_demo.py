@@ -8,7 +8,9 @@ import pytest
 from localdev.services import ROOT
 
 
-@pytest.mark.parametrize("flags", [[], ["--pipelines"]], ids=["one-pipeline", "pipelines"])
+@pytest.mark.parametrize(
+    "flags", [[], ["--pipelines"], ["--governance"]], ids=["one-pipeline", "pipelines", "governance"]
+)
 def test_the_demo_tells_its_story_to_the_end(flags):
     done = subprocess.run(
         [sys.executable, "-m", "localdev.demo", "--job-seconds", "0.5", *flags],
@@ -16,6 +18,8 @@ def test_the_demo_tells_its_story_to_the_end(flags):
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "\nOK: " in done.stdout and "Traceback" not in done.stdout + done.stderr
-    if flags:
+    if flags == ["--governance"]:
+        assert "approved by ana@example.com" in done.stdout and "Autopilot.Run.AwaitingApproval" in done.stdout
+    if flags == ["--pipelines"]:
         assert "Registered in the Azure ML workspace: fraud version" in done.stdout  # a batch-endpoint pipeline
         assert "Registered in the Azure ML workspace: retail version" in done.stdout  # a Command job
