@@ -32,6 +32,12 @@ param mlWebServicesResourceGroup string = ''
 @description('ARM id of an Azure ML (v2) workspace a pipeline trains on; empty = none (no role granted).')
 param mlWorkspaceId string = ''
 
+@description('Send notifications to a new Event Grid topic (CloudEvents; the identity gets EventGrid Data Sender).')
+param notificationsTopic bool = false
+
+@description('Webhook for notifications (https); its signing secret goes in EXTRA_SECRETS as NOTIFY-WEBHOOK-SECRET.')
+param notifyWebhookUrl string = ''
+
 @description('NCRONTAB of scheduled retraining; empty = off.')
 param retrainSchedule string = ''
 
@@ -125,6 +131,17 @@ module mlWorkspaceRole 'app/ml-workspace-role.bicep' = if (!empty(mlWorkspaceId)
   }
 }
 
+module eventsTopic 'app/events-topic.bicep' = if (notificationsTopic) {
+  name: 'events-topic'
+  scope: rg
+  params: {
+    name: 'evgt-${token}'
+    location: location
+    tags: tags
+    identityPrincipalId: identity.outputs.principalId
+  }
+}
+
 module app 'app/function.bicep' = {
   name: 'function'
   scope: rg
@@ -142,6 +159,8 @@ module app 'app/function.bicep' = {
     besJobsUrl: besJobsUrl
     deployTargets: deployTargets
     retrainSchedule: retrainSchedule
+    notifyTopicEndpoint: notificationsTopic ? eventsTopic.outputs.endpoint : ''
+    notifyWebhookUrl: notifyWebhookUrl
   }
   dependsOn: [ rbac ]
 }

@@ -93,6 +93,14 @@ def test_the_v2_workspace_role_is_the_built_in_azureml_data_scientist_on_that_wo
     assert "module mlWorkspaceRole 'app/ml-workspace-role.bicep' = if (!empty(mlWorkspaceId))" in main
 
 
+def test_the_events_topic_takes_cloudevents_without_keys_and_only_the_app_may_send():
+    topic = (INFRA / "app" / "events-topic.bicep").read_text()
+    assert re.findall(r"'([0-9a-f-]{36})'", topic) == ["d5a91429-5739-47e2-a06b-3470a27159e7"]  # EventGrid Data Sender
+    assert "inputSchema: 'CloudEventSchemaV1_0'" in topic and "disableLocalAuth: true" in topic
+    function = (INFRA / "app" / "function.bicep").read_text()
+    assert "NOTIFY_WEBHOOK_SECRET: '@Microsoft.KeyVault(SecretUri=${keyVaultUri}secrets/NOTIFY-WEBHOOK-SECRET)'" in function
+
+
 def deployed_settings() -> dict[str, str]:
     """The app settings function.bicep deploys, with Bicep expressions replaced by plausible values."""
     text = (INFRA / "app" / "function.bicep").read_text()

@@ -13,6 +13,10 @@ param keyVaultUri string
 param besJobsUrl string
 param deployTargets string
 param retrainSchedule string
+@description('Event Grid topic endpoint for notifications; empty = none.')
+param notifyTopicEndpoint string = ''
+@description('Webhook for notifications; empty = none. Its secret: Key Vault secret NOTIFY-WEBHOOK-SECRET.')
+param notifyWebhookUrl string = ''
 @description('More app settings, e.g. {"PROD_CLASSIC_KEY": "@Microsoft.KeyVault(VaultName=...;SecretName=PROD-CLASSIC-KEY)"}')
 param extraAppSettings object = {}
 
@@ -36,7 +40,14 @@ var settings = union({
   BES_API_KEY: '@Microsoft.KeyVault(SecretUri=${besApiKeySecretUri})'
   DEPLOY_TARGETS: deployTargets
   KEY_VAULT_URI: keyVaultUri
-}, empty(retrainSchedule) ? {} : { RETRAIN_SCHEDULE: retrainSchedule }, extraAppSettings)
+}, empty(retrainSchedule) ? {} : { RETRAIN_SCHEDULE: retrainSchedule }, empty(notifyTopicEndpoint) ? {} : {
+  NOTIFY_EVENTGRID_TOPIC: notifyTopicEndpoint
+}, empty(notifyWebhookUrl) ? {} : {
+  NOTIFY_WEBHOOK_URL: notifyWebhookUrl
+  NOTIFY_WEBHOOK_SECRET: '@Microsoft.KeyVault(SecretUri=${keyVaultUri}secrets/NOTIFY-WEBHOOK-SECRET)'
+  // Like every host the app sends to, the webhook's must be allowed by name.
+  EXTRA_ALLOWED_HOSTS: split(notifyWebhookUrl, '/')[2]
+}, extraAppSettings)
 
 resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
   name: 'plan-${name}'
