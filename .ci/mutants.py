@@ -587,6 +587,13 @@ def _slot(""",
         "    for older in []:\n",
         ("tests/test_approvals.py::test_a_newer_approved_run_supersedes_an_older_one_still_waiting",),
     ),
+    Mutant(
+        "a rollback is not announced",
+        "shared/deploy.py",
+        "        notify.announce_rollback(svc, pipeline, target_name, run_id)\n",
+        "        pass\n",
+        ("tests/test_notify.py::test_a_rollback_is_announced_and_arrives_once_per_receiver",),
+    ),
 ]
 
 

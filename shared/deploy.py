@@ -439,4 +439,8 @@ def rollback(svc, pipeline: str, target_name: str, to_run: str | None, *, actor:
         raise CommandRejected(f"run {run_id!r} has no trained model to put back")
     if to_run and not any(h.get("run") == to_run for h in svc.targets.history(target_name)):
         raise CommandRejected(f"run {to_run} was never live on {target_name}")
+    if svc.settings.notify is not None:  # announced first: sent once the target's history holds it
+        from shared import notify
+
+        notify.announce_rollback(svc, pipeline, target_name, run_id)
     return put_live(svc, target, run, actor=actor, kind="rollback")

@@ -95,6 +95,55 @@ def announce(svc, run) -> None:
         queue.send_message(json.dumps(message), visibility_timeout=ANNOUNCE_DELAY_SECONDS)
 
 
+ROLLED_BACK = "RolledBack"
+
+
+def announce_rollback(svc, pipeline: str, target: str, run_id: str) -> None:
+    """Queue a ``RolledBack`` event before a rollback of ``target`` to ``run_id`` is carried out; it is
+    sent only once the target's history holds that rollback (from now on)."""
+    config = svc.settings.notify
+    if config is None:
+        return
+    since = R.iso(R.utcnow())
+    queue = svc.storage.queue(config.queue)
+    for receiver in config.receivers:
+        message = {
+            "event_id": f"{target}.{ROLLED_BACK}.{run_id}.{since}",
+            "receiver": receiver,
+            "pipeline": pipeline,
+            "target": target,
+            "run_id": run_id,
+            "status": ROLLED_BACK,
+            "since": since,
+        }
+        queue.send_message(json.dumps(message), visibility_timeout=ANNOUNCE_DELAY_SECONDS)
+
+
+def rollback_event(entry: dict, pipeline: str, target: str, event_id: str, source: str) -> dict[str, Any]:
+    """The CloudEvent of a target rolled back: which run's model is live again, what it replaced, who."""
+    at = entry["at"]
+    return {
+        "specversion": "1.0",
+        "type": f"Autopilot.Target.{ROLLED_BACK}",
+        "source": source,
+        "id": event_id,
+        "time": R.iso(at) if isinstance(at, dt.datetime) else str(at),
+        "subject": f"pipelines/{pipeline}/targets/{target}",
+        "datacontenttype": "application/json",
+        "data": redact_tree(
+            {
+                "pipeline": pipeline,
+                "target": target,
+                "live_run": entry.get("run"),
+                "live_model": entry.get("model"),
+                "replaced_run": entry.get("replaced_run"),
+                "by": entry.get("by"),
+                "links": {"targets": f"/api/targets?pipeline={pipeline}"},
+            }
+        ),
+    }
+
+
 def cloud_event(run, status: str, source: str, metric: str) -> dict[str, Any]:
     """The CloudEvent 1.0 for ``run`` having reached ``status`` (its time: when the history says so)."""
     from shared import status as views
@@ -139,6 +188,8 @@ def deliver(svc, raw: bytes, *, dequeue_count: int, max_dequeue_count: int, acto
     log_entry = _logged(svc, key)
     if log_entry is not None and log_entry.get("status") == "Delivered":
         return f"{key}: delivered already"
+    if status == ROLLED_BACK:
+        return _deliver_rollback(svc, config, message, key, dequeue_count, max_dequeue_count)
     run = svc.store.get(pipeline, run_id)
     if run is None or not any(h.get("to") == status for h in run.history):
         if dequeue_count < max_dequeue_count:
@@ -161,6 +212,37 @@ def deliver(svc, raw: bytes, *, dequeue_count: int, max_dequeue_count: int, acto
         raise
     _record(svc, key, "Delivered", f"{receiver}: {event['type']}", deliveries=dequeue_count)
     return f"{key}: delivered to {receiver}"
+
+
+def _deliver_rollback(svc, config, message: dict, key: str, dequeue_count: int, max_dequeue_count: int) -> str:
+    target, run_id, since = message.get("target"), message["run_id"], str(message.get("since") or "")
+    done = [
+        e
+        for e in svc.targets.history(str(target))
+        if e.get("kind") == "rollback" and e.get("run") == run_id and R.iso(e["at"]) >= since
+    ]
+    if not done:
+        if dequeue_count < max_dequeue_count:
+            from shared.runs import RetryLater
+
+            raise RetryLater(f"{key}: {target} has not been rolled back to {run_id} (yet)")
+        _record(svc, key, "Dropped", f"{target} was never rolled back to {run_id} after {since}")
+        return f"{key}: dropped (never happened)"
+    if config is None or message["receiver"] not in config.receivers:
+        _record(svc, key, "Dropped", f"receiver {message['receiver']} is no longer configured")
+        return f"{key}: dropped (receiver not configured)"
+    event = rollback_event(
+        min(done, key=lambda e: R.iso(e["at"])), message["pipeline"], target, message["event_id"], config.source
+    )
+    try:
+        _send(svc, config, message["receiver"], event)
+    except ServiceError as exc:
+        _record(
+            svc, key, "Failed" if dequeue_count >= max_dequeue_count else "Retrying", str(exc), deliveries=dequeue_count
+        )
+        raise
+    _record(svc, key, "Delivered", f"{message['receiver']}: {event['type']}", deliveries=dequeue_count)
+    return f"{key}: delivered to {message['receiver']}"
 
 
 def _send(svc, config: NotifyConfig, receiver: str, event: dict) -> None:

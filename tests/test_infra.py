@@ -98,7 +98,8 @@ def test_the_events_topic_takes_cloudevents_without_keys_and_only_the_app_may_se
     assert re.findall(r"'([0-9a-f-]{36})'", topic) == ["d5a91429-5739-47e2-a06b-3470a27159e7"]  # EventGrid Data Sender
     assert "inputSchema: 'CloudEventSchemaV1_0'" in topic and "disableLocalAuth: true" in topic
     function = (INFRA / "app" / "function.bicep").read_text()
-    assert "NOTIFY_WEBHOOK_SECRET: '@Microsoft.KeyVault(SecretUri=${keyVaultUri}secrets/NOTIFY-WEBHOOK-SECRET)'" in function
+    secret = "NOTIFY_WEBHOOK_SECRET: '@Microsoft.KeyVault(SecretUri=${keyVaultUri}secrets/NOTIFY-WEBHOOK-SECRET)'"
+    assert secret in function
 
 
 def deployed_settings() -> dict[str, str]:

@@ -195,3 +195,28 @@ def test_a_duplicate_delivery_of_an_event_sends_nothing_twice(notified, fresh_em
     ).encode()
     assert notify.deliver(svc, again, dequeue_count=1, max_dequeue_count=5, actor="test").endswith("delivered already")
     assert len(received(fresh_emulator)) == before
+
+
+def test_a_rollback_is_announced_and_arrives_once_per_receiver(notified, fresh_emulator):
+    env, host, svc = notified
+    for name, data in (
+        ("first.csv", GOOD),
+        ("second.csv", sample_data.generate(1600, seed=4, label_noise=0.02).encode()),
+    ):
+        put_blob(env, name, data)
+        host.scan_blobs()
+        wait_for_job_end(fresh_emulator)
+        settle(host)
+    runs = {r.blob_name: r for r in svc.store.list_runs("default")}
+    assert runs["second.csv"].status == R.DEPLOYED and svc.targets.get("classic").live_run == runs["second.csv"].run_id
+    command = {"type": "rollback", "version": 1, "target": "classic", "request_id": "rb-1", "reason": "bad week"}
+    svc.storage.queue(env["COMMANDS_QUEUE"]).send_message(json.dumps(command))
+    settle(host)
+    assert svc.targets.get("classic").live_run == runs["first.csv"].run_id
+    rolled = [e for e in received(fresh_emulator) if e["event"]["type"] == "Autopilot.Target.RolledBack"]
+    assert sorted(e["receiver"] for e in rolled) == ["eventgrid", "webhook"]
+    data = rolled[0]["event"]["data"]
+    assert (data["target"], data["live_run"], data["replaced_run"]) == (
+        "classic", runs["first.csv"].run_id, runs["second.csv"].run_id,
+    )  # fmt: skip
+    assert rolled[0]["event"]["subject"] == "pipelines/default/targets/classic"
