@@ -25,10 +25,15 @@ HOOK_SECRET = "webhook-secret-" + "w" * 30
 
 
 @pytest.fixture
-def notified(loop_env, fresh_emulator, monkeypatch):
+def notified(loop_env, fresh_emulator, monkeypatch, request):
+    """Both receivers configured; with ``indirect`` param True, the ARM target needs manual approval."""
     fresh_emulator.admin("POST", "receivers", {"topic_key": TOPIC_KEY, "webhook_secret": HOOK_SECRET})
+    targets = fresh_emulator.deploy_targets(API_KEY)
+    if getattr(request, "param", False):
+        targets[1].update(approval="manual")
     env = {
         **loop_env,
+        "DEPLOY_TARGETS": json.dumps(targets),
         "NOTIFY_EVENTGRID_TOPIC": f"{fresh_emulator.url}/eventgrid/autopilot/api/events",
         "NOTIFY_EVENTGRID_KEY": TOPIC_KEY,
         "NOTIFY_WEBHOOK_URL": f"{fresh_emulator.url}/webhook/ops",
@@ -220,3 +225,46 @@ def test_a_rollback_is_announced_and_arrives_once_per_receiver(notified, fresh_e
         "classic", runs["first.csv"].run_id, runs["second.csv"].run_id,
     )  # fmt: skip
     assert rolled[0]["event"]["subject"] == "pipelines/default/targets/classic"
+
+
+@pytest.mark.parametrize("notified", [True], indirect=True)
+def test_every_other_event_type_arrives_once_at_both_receivers(notified, fresh_emulator):
+    """AwaitingApproval, PartiallyDeployed (a refusal), Failed (a failed job) and TimedOut (the deadline)."""
+    import datetime as dt
+
+    from shared import poll
+
+    env, host, svc = notified
+    put_blob(env, "good.csv", GOOD)
+    host.scan_blobs()
+    wait_for_job_end(fresh_emulator)
+    settle(host)
+    [waiting] = svc.store.list_runs("default")
+    assert waiting.status == R.AWAITING_APPROVAL
+    reject = {
+        "type": "reject",
+        "version": 1,
+        "run_id": waiting.run_id,
+        "target": "arm",
+        "approver": "bo",
+        "reason": "no",
+    }
+    svc.storage.queue(env["COMMANDS_QUEUE"]).send_message(json.dumps(reject))
+    settle(host)
+    assert svc.store.get("default", waiting.run_id).status == R.PARTIALLY_DEPLOYED
+    fresh_emulator.admin("POST", "faults", {"route": "bes.job", "fail": "Out of memory", "times": 1})
+    put_blob(env, "failing.csv", GOOD)
+    host.scan_blobs()
+    wait_for_job_end(fresh_emulator)
+    settle(host)
+    fresh_emulator.admin("POST", "config", {"job_seconds": 60})
+    put_blob(env, "slow.csv", GOOD)
+    host.scan_blobs()
+    poll.poll(svc, actor="test", now=R.utcnow() + dt.timedelta(minutes=svc.settings.job_timeout_minutes + 1))
+    settle(host)
+    statuses = {r.blob_name: r.status for r in svc.store.list_runs("default")}
+    assert statuses == {"good.csv": R.PARTIALLY_DEPLOYED, "failing.csv": R.FAILED, "slow.csv": R.TIMED_OUT}
+    got = received(fresh_emulator)
+    expected = sorted(f"Autopilot.Run.{s}" for s in ("AwaitingApproval", "PartiallyDeployed", "Failed", "TimedOut"))
+    for receiver in ("eventgrid", "webhook"):
+        assert sorted(e["event"]["type"] for e in got if e["receiver"] == receiver) == expected, receiver
