@@ -26,16 +26,18 @@ HOOK_SECRET = "webhook-secret-" + "w" * 30
 
 @pytest.fixture
 def notified(loop_env, fresh_emulator, monkeypatch, request):
-    """Both receivers configured; with ``indirect`` param True, the ARM target needs manual approval."""
+    """Both receivers configured; ``indirect`` param "approval": the ARM target needs manual approval;
+    "identity": the topic is reached with the app's managed identity, not a key."""
     fresh_emulator.admin("POST", "receivers", {"topic_key": TOPIC_KEY, "webhook_secret": HOOK_SECRET})
     targets = fresh_emulator.deploy_targets(API_KEY)
-    if getattr(request, "param", False):
+    mode = getattr(request, "param", None)
+    if mode == "approval":
         targets[1].update(approval="manual")
     env = {
         **loop_env,
         "DEPLOY_TARGETS": json.dumps(targets),
         "NOTIFY_EVENTGRID_TOPIC": f"{fresh_emulator.url}/eventgrid/autopilot/api/events",
-        "NOTIFY_EVENTGRID_KEY": TOPIC_KEY,
+        **({} if mode == "identity" else {"NOTIFY_EVENTGRID_KEY": TOPIC_KEY}),
         "NOTIFY_WEBHOOK_URL": f"{fresh_emulator.url}/webhook/ops",
         "NOTIFY_WEBHOOK_SECRET": HOOK_SECRET,
         "NOTIFY_QUEUE": "events-" + loop_env["COMMANDS_QUEUE"].split("-", 1)[1],
@@ -227,7 +229,7 @@ def test_a_rollback_is_announced_and_arrives_once_per_receiver(notified, fresh_e
     assert rolled[0]["event"]["subject"] == "pipelines/default/targets/classic"
 
 
-@pytest.mark.parametrize("notified", [True], indirect=True)
+@pytest.mark.parametrize("notified", ["approval"], indirect=True)
 def test_every_other_event_type_arrives_once_at_both_receivers(notified, fresh_emulator):
     """AwaitingApproval, PartiallyDeployed (a refusal), Failed (a failed job) and TimedOut (the deadline)."""
     import datetime as dt
@@ -268,3 +270,16 @@ def test_every_other_event_type_arrives_once_at_both_receivers(notified, fresh_e
     expected = sorted(f"Autopilot.Run.{s}" for s in ("AwaitingApproval", "PartiallyDeployed", "Failed", "TimedOut"))
     for receiver in ("eventgrid", "webhook"):
         assert sorted(e["event"]["type"] for e in got if e["receiver"] == receiver) == expected, receiver
+
+
+@pytest.mark.parametrize("notified", ["identity"], indirect=True)
+def test_without_a_key_the_topic_gets_the_apps_managed_identity_token(notified, fresh_emulator):
+    env, host, _ = notified
+    assert "NOTIFY_EVENTGRID_KEY" not in env
+    put_blob(env, "good.csv", GOOD)
+    host.scan_blobs()
+    wait_for_job_end(fresh_emulator)
+    settle(host)
+    assert [e["event"]["type"] for e in received(fresh_emulator) if e["receiver"] == "eventgrid"] == [
+        "Autopilot.Run.Deployed"
+    ]
