@@ -12,7 +12,6 @@ and the skip recorded).
 from __future__ import annotations
 
 import codecs
-import csv
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -62,6 +61,8 @@ def parse_rules(raw: object, what: str) -> Rules:
 def header_problem(head: bytes, required: Sequence[str], delimiter: str) -> str | None:
     """Which required columns the header row (the first line of ``head``) lacks; matched exactly, after
     trimming spaces and a byte-order mark, as the trainers read CSV headers."""
+    import csv  # only when a pipeline names required columns (the first invocation's import stays small)
+
     text = head.decode("utf-8-sig", errors="replace")
     line = text.split("\n", 1)[0].rstrip("\r")
     if "\n" not in text and len(head) >= HEAD_BYTES:
