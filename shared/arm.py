@@ -20,8 +20,8 @@ from urllib.parse import unquote, urlsplit
 import requests
 
 from shared import hosts
-from shared.http import ServiceError, ci_get, make_session, read_json, send, text_field
-from shared.redact import hold, shown
+from shared.http import ServiceError, bearer_token, ci_get, make_session, read_json, send, text_field
+from shared.redact import shown
 
 SCOPE = "https://management.azure.com/.default"
 API_VERSIONS = ("2017-01-01", "2016-05-01-preview")
@@ -184,18 +184,8 @@ class ArmWebServiceClient:
         self._session = session or make_session()
 
     def _headers(self) -> dict[str, str]:
-        try:
-            token = self._credential.get_token(SCOPE).token
-        except Exception as exc:  # azure-identity raises several types; all mean "no token now"
-            raise ArmError(
-                f"could not get a token for {SCOPE}: {type(exc).__name__}",
-                operation="token",
-                code="CredentialUnavailable",
-                transient=True,
-            ) from None
-        hold(token, ephemeral=True)
         return {
-            "Authorization": f"Bearer {token}",
+            "Authorization": f"Bearer {bearer_token(self._credential, SCOPE, ArmError)}",
             "Accept": "application/json",
             "Content-Type": "application/json; charset=utf-8",
         }

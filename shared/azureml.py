@@ -20,8 +20,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from shared import hosts
-from shared.http import ServiceError, ci_get, read_json, send, text_field
-from shared.redact import hold, shown
+from shared.http import ServiceError, bearer_token, ci_get, read_json, send, text_field
+from shared.redact import shown
 from shared.training import CANCELLED, FAILED, FINISHED, NOT_STARTED, RUNNING, JobState, Submission
 
 ARM_SCOPE = "https://management.azure.com/.default"
@@ -216,19 +216,6 @@ class AzureMLClient:
     def workspace_url(self) -> str:
         return self.config.management_url + self.config.workspace
 
-    def _token(self, scope: str) -> str:
-        try:
-            token = self._credential.get_token(scope).token
-        except Exception as exc:  # azure-identity raises several types; all mean "no token now"
-            raise AzureMLError(
-                f"could not get a token for {scope}: {type(exc).__name__}",
-                operation="token",
-                code="CredentialUnavailable",
-                transient=True,
-            ) from None
-        hold(token, ephemeral=True)
-        return token
-
     def call(
         self,
         operation: str,
@@ -250,7 +237,7 @@ class AzureMLClient:
             ) from None
         data = None if body is None else json.dumps(body).encode("utf-8")
         sent = {
-            "Authorization": f"Bearer {self._token(scope)}",
+            "Authorization": f"Bearer {bearer_token(self._credential, scope, AzureMLError)}",
             "Accept": "application/json",
             "Content-Type": "application/json; charset=utf-8",
             **(headers or {}),
@@ -478,13 +465,7 @@ class AzureMLTrainer:
         return {"name": c.model_name, "version": version, "id": ci_get(registered, "id") or ""}
 
     def probe(self) -> str:
-        store = read_json(
-            self.client.arm("datastore", "GET", f"/datastores/{self.config.datastore}"),
-            AzureMLError,
-            "datastore",
-            DATASTORE_SHAPE,
-        )
-        container = ci_get(ci_get(store, "properties"), "containerName")
+        _, container = self.datastore_target()
         what = f"batch endpoint {self.config.batch_endpoint}" if self.config.batch_endpoint else "Command jobs"
         if self.config.batch_endpoint:
             self.client.arm("endpoint", "GET", f"/batchEndpoints/{self.config.batch_endpoint}")

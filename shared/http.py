@@ -15,7 +15,7 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
-from shared.redact import redact
+from shared.redact import hold, redact
 
 TRANSIENT_HTTP = frozenset({408, 429, 500, 502, 503, 504})
 
@@ -126,6 +126,22 @@ def make_session(retries: int = 4, backoff: float = 0.5, max_retry_after: float 
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     return session
+
+
+def bearer_token(credential: Any, scope: str, error_type: type[ServiceError]) -> str:
+    """A token for ``scope`` from an azure-identity credential, held by the redactor; no token now is a
+    transient ``CredentialUnavailable`` of ``error_type`` (azure-identity raises several types)."""
+    try:
+        token = credential.get_token(scope).token
+    except Exception as exc:
+        raise error_type(
+            f"could not get a token for {scope}: {type(exc).__name__}",
+            operation="token",
+            code="CredentialUnavailable",
+            transient=True,
+        ) from None
+    hold(token, ephemeral=True)
+    return token
 
 
 def no_answer(exc: requests.RequestException, url: str) -> str:

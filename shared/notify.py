@@ -33,8 +33,8 @@ from urllib.parse import urlsplit
 
 from shared import hosts
 from shared import runs as R
-from shared.http import ServiceError, send
-from shared.redact import hold, redact_tree
+from shared.http import ServiceError, bearer_token, send
+from shared.redact import redact_tree
 
 log = logging.getLogger(__name__)
 
@@ -182,28 +182,23 @@ def deliver(svc, raw: bytes, *, dequeue_count: int, max_dequeue_count: int, acto
     try:
         message = json.loads(raw)
         key = f"{message['event_id']}.{message['receiver']}"
-        pipeline, run_id, status, receiver = (message[k] for k in ("pipeline", "run_id", "status", "receiver"))
+        receiver = message["receiver"]
+        event, pending, never = _event_for(svc, config, message)
     except (ValueError, KeyError, TypeError):
         return "dropped: not an event message"
     log_entry = _logged(svc, key)
     if log_entry is not None and log_entry.get("status") == "Delivered":
         return f"{key}: delivered already"
-    if status == ROLLED_BACK:
-        return _deliver_rollback(svc, config, message, key, dequeue_count, max_dequeue_count)
-    run = svc.store.get(pipeline, run_id)
-    if run is None or not any(h.get("to") == status for h in run.history):
-        if dequeue_count < max_dequeue_count:
-            from shared.runs import RetryLater
-
-            raise RetryLater(f"{key}: run {run_id} has not reached {status} (yet)")
-        _record(svc, key, "Dropped", f"run {run_id} never reached {status}: nothing happened to announce")
-        return f"{key}: dropped (never happened)"
     if config is None or receiver not in config.receivers:
         _record(svc, key, "Dropped", f"receiver {receiver} is no longer configured")
         return f"{key}: dropped (receiver not configured)"
-    from shared import status as views
+    if event is None:  # announced before its write, which has not landed (yet, or ever)
+        if dequeue_count < max_dequeue_count:
+            from shared.runs import RetryLater
 
-    event = cloud_event(run, status, config.source, views.metric_of(svc, run.pipeline))
+            raise RetryLater(f"{key}: {pending} (yet)")
+        _record(svc, key, "Dropped", f"{never}: nothing happened to announce")
+        return f"{key}: dropped (never happened)"
     try:
         _send(svc, config, receiver, event)
     except ServiceError as exc:
@@ -214,35 +209,31 @@ def deliver(svc, raw: bytes, *, dequeue_count: int, max_dequeue_count: int, acto
     return f"{key}: delivered to {receiver}"
 
 
-def _deliver_rollback(svc, config, message: dict, key: str, dequeue_count: int, max_dequeue_count: int) -> str:
-    target, run_id, since = message.get("target"), message["run_id"], str(message.get("since") or "")
-    done = [
-        e
-        for e in svc.targets.history(str(target))
-        if e.get("kind") == "rollback" and e.get("run") == run_id and R.iso(e["at"]) >= since
-    ]
-    if not done:
-        if dequeue_count < max_dequeue_count:
-            from shared.runs import RetryLater
-
-            raise RetryLater(f"{key}: {target} has not been rolled back to {run_id} (yet)")
-        _record(svc, key, "Dropped", f"{target} was never rolled back to {run_id} after {since}")
-        return f"{key}: dropped (never happened)"
-    if config is None or message["receiver"] not in config.receivers:
-        _record(svc, key, "Dropped", f"receiver {message['receiver']} is no longer configured")
-        return f"{key}: dropped (receiver not configured)"
-    event = rollback_event(
-        min(done, key=lambda e: R.iso(e["at"])), message["pipeline"], target, message["event_id"], config.source
-    )
-    try:
-        _send(svc, config, message["receiver"], event)
-    except ServiceError as exc:
-        _record(
-            svc, key, "Failed" if dequeue_count >= max_dequeue_count else "Retrying", str(exc), deliveries=dequeue_count
+def _event_for(svc, config, message: dict) -> tuple[dict | None, str, str]:
+    """The CloudEvent of what ``message`` announces, built from the history that records it (``None``
+    while the history does not), and how to say it has not, or never, happened."""
+    source = config.source if config else ""
+    pipeline, run_id, status = message["pipeline"], message["run_id"], message["status"]
+    if status == ROLLED_BACK:
+        target, since = str(message["target"]), str(message.get("since") or "")
+        done = [
+            e
+            for e in svc.targets.history(target)
+            if e.get("kind") == "rollback" and e.get("run") == run_id and R.iso(e["at"]) >= since
+        ]
+        first = min(done, key=lambda e: R.iso(e["at"])) if done else None
+        event = rollback_event(first, pipeline, target, message["event_id"], source) if first else None
+        return (
+            event,
+            f"{target} has not been rolled back to {run_id}",
+            f"{target} was never rolled back to {run_id} after {since}",
         )
-        raise
-    _record(svc, key, "Delivered", f"{message['receiver']}: {event['type']}", deliveries=dequeue_count)
-    return f"{key}: delivered to {message['receiver']}"
+    run = svc.store.get(pipeline, run_id)
+    if run is None or not any(h.get("to") == status for h in run.history):
+        return None, f"run {run_id} has not reached {status}", f"run {run_id} never reached {status}"
+    from shared import status as views
+
+    return cloud_event(run, status, source, views.metric_of(svc, run.pipeline)), "", ""
 
 
 def _send(svc, config: NotifyConfig, receiver: str, event: dict) -> None:
@@ -255,9 +246,7 @@ def _send(svc, config: NotifyConfig, receiver: str, event: dict) -> None:
         if config.eventgrid_key:
             headers["aeg-sas-key"] = config.eventgrid_key
         else:
-            token = svc.azure_credential().get_token(EVENTGRID_SCOPE).token
-            hold(token, ephemeral=True)
-            headers["Authorization"] = f"Bearer {token}"
+            headers["Authorization"] = f"Bearer {bearer_token(svc.azure_credential(), EVENTGRID_SCOPE, NotifyError)}"
         body = json.dumps([event]).encode()
     else:
         url = config.webhook_url
