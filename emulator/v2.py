@@ -201,15 +201,19 @@ class AzureMLv2:
                 "InvalidApiVersionParameter",
                 f"The api-version '{version}' is invalid. The supported versions are '{', '.join(API_VERSIONS)}'.",
             )
+        workspace = self._lookup(request)
+        if workspace is None:
+            raise not_found(f"Workspace {request.params['ws']}")
+        return workspace
+
+    def _lookup(self, request: Request) -> Workspace | None:
+        """The workspace the request's path names (``sub``, ``rg``, ``ws``), matched case-insensitively."""
         p = request.params
         key = (
             f"/subscriptions/{p['sub']}/resourceGroups/{p['rg']}/providers/"
             f"Microsoft.MachineLearningServices/workspaces/{p['ws']}"
         ).lower()
-        workspace = self.workspaces.get(key)
-        if workspace is None:
-            raise not_found(f"Workspace {p['ws']}")
-        return workspace
+        return self.workspaces.get(key)
 
     @staticmethod
     def _body(request: Request) -> dict:
@@ -458,11 +462,7 @@ class AzureMLv2:
         """A batch-endpoint invocation (data plane; keys in either casing, as the service accepts)."""
         self.identity.require(request, AML_AUDIENCE)
         p = request.params
-        key = (
-            f"/subscriptions/{p['sub']}/resourceGroups/{p['rg']}/providers/"
-            f"Microsoft.MachineLearningServices/workspaces/{p['ws']}"
-        ).lower()
-        w = self.workspaces.get(key)
+        w = self._lookup(request)
         endpoint = w.batch_endpoints.get(p["ep"]) if w else None
         if endpoint is None:
             raise not_found(f"Batch endpoint {p['ep']}")
@@ -510,12 +510,7 @@ class AzureMLv2:
 
     def _mlflow_workspace(self, request: Request) -> Workspace:
         self.identity.require(request, ARM_AUDIENCE)
-        p = request.params
-        key = (
-            f"/subscriptions/{p['sub']}/resourceGroups/{p['rg']}/providers/"
-            f"Microsoft.MachineLearningServices/workspaces/{p['ws']}"
-        ).lower()
-        workspace = self.workspaces.get(key)
+        workspace = self._lookup(request)
         if workspace is None:
             raise _mlflow_error(404, "RESOURCE_DOES_NOT_EXIST", "Workspace not found.")
         return workspace
