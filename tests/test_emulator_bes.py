@@ -203,6 +203,6 @@ def test_an_input_on_storage_the_emulator_cannot_reach_fails_the_job_with_detail
     bes = client(fresh_emulator)
     job_id = bes.submit(body)  # accepted: BES reads its inputs when the job runs
     bes.start(job_id)
-    status = wait_for(bes, job_id, timeout=15)  # not the storage SDK's ~90 s of retries
+    status = wait_for(bes, job_id, timeout=15)
     assert status.status == "Failed"
     assert "storage host faraway.blob.core.windows.net cannot be reached from this emulator" in status.details

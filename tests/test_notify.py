@@ -65,6 +65,14 @@ def settle(host, seconds: float = 8) -> None:
         time.sleep(0.2)
 
 
+def upload_and_settle(env, host, emulator, name: str, data: bytes) -> None:
+    """An upload, through the blob trigger, its job, and the poll, commands and events after it."""
+    put_blob(env, name, data)
+    host.scan_blobs()
+    wait_for_job_end(emulator)
+    settle(host)
+
+
 def received(emulator) -> list[dict]:
     return emulator.admin("GET", "received")
 
@@ -85,10 +93,7 @@ def test_each_notable_end_arrives_once_at_both_receivers_with_nothing_secret(not
     host.scan_blobs()
     wait_for_job_end(fresh_emulator)
     settle(host)
-    put_blob(env, "bad.csv", BAD)
-    host.scan_blobs()
-    wait_for_job_end(fresh_emulator)
-    settle(host)
+    upload_and_settle(env, host, fresh_emulator, "bad.csv", BAD)
     runs = {r.blob_name: r for r in svc.store.list_runs("default")}
     assert (runs["good.csv"].status, runs["empty.csv"].status, runs["bad.csv"].status) == (
         R.DEPLOYED, R.INVALID, R.REJECTED,
@@ -117,10 +122,7 @@ def test_each_notable_end_arrives_once_at_both_receivers_with_nothing_secret(not
 def test_a_receiver_down_for_a_while_gets_the_event_later_and_the_run_does_not_wait(notified, fresh_emulator):
     env, host, svc = notified
     fresh_emulator.admin("POST", "faults", {"route": "receiver.webhook", "status": 503, "times": 3})
-    put_blob(env, "good.csv", GOOD)
-    host.scan_blobs()
-    wait_for_job_end(fresh_emulator)
-    settle(host)
+    upload_and_settle(env, host, fresh_emulator, "good.csv", GOOD)
     [run] = svc.store.list_runs("default")
     assert run.status == R.DEPLOYED
     assert sorted(e["receiver"] for e in received(fresh_emulator)) == ["eventgrid", "webhook"]  # each once
@@ -149,10 +151,7 @@ def test_an_announced_end_that_never_happened_is_dropped_with_a_record(notified,
     """A store announces before it writes; a write that then lost its race leaves an announcement of an
     end the run never reached: it is retried while the write may still land, then dropped, recorded."""
     env, host, svc = notified
-    put_blob(env, "good.csv", GOOD)
-    host.scan_blobs()
-    wait_for_job_end(fresh_emulator)
-    settle(host)
+    upload_and_settle(env, host, fresh_emulator, "good.csv", GOOD)
     [run] = svc.store.list_runs("default")
     assert run.status == R.DEPLOYED
     message = json.dumps(
@@ -185,10 +184,7 @@ def test_the_webhook_signature_is_the_documented_hmac():
 
 def test_a_duplicate_delivery_of_an_event_sends_nothing_twice(notified, fresh_emulator):
     env, host, svc = notified
-    put_blob(env, "good.csv", GOOD)
-    host.scan_blobs()
-    wait_for_job_end(fresh_emulator)
-    settle(host)
+    upload_and_settle(env, host, fresh_emulator, "good.csv", GOOD)
     [run] = svc.store.list_runs("default")
     before = len(received(fresh_emulator))
     again = json.dumps(
@@ -237,10 +233,7 @@ def test_every_other_event_type_arrives_once_at_both_receivers(notified, fresh_e
     from shared import poll
 
     env, host, svc = notified
-    put_blob(env, "good.csv", GOOD)
-    host.scan_blobs()
-    wait_for_job_end(fresh_emulator)
-    settle(host)
+    upload_and_settle(env, host, fresh_emulator, "good.csv", GOOD)
     [waiting] = svc.store.list_runs("default")
     assert waiting.status == R.AWAITING_APPROVAL
     reject = {
@@ -255,10 +248,7 @@ def test_every_other_event_type_arrives_once_at_both_receivers(notified, fresh_e
     settle(host)
     assert svc.store.get("default", waiting.run_id).status == R.PARTIALLY_DEPLOYED
     fresh_emulator.admin("POST", "faults", {"route": "bes.job", "fail": "Out of memory", "times": 1})
-    put_blob(env, "failing.csv", GOOD)
-    host.scan_blobs()
-    wait_for_job_end(fresh_emulator)
-    settle(host)
+    upload_and_settle(env, host, fresh_emulator, "failing.csv", GOOD)
     fresh_emulator.admin("POST", "config", {"job_seconds": 60})
     put_blob(env, "slow.csv", GOOD)
     host.scan_blobs()
@@ -276,10 +266,7 @@ def test_every_other_event_type_arrives_once_at_both_receivers(notified, fresh_e
 def test_without_a_key_the_topic_gets_the_apps_managed_identity_token(notified, fresh_emulator):
     env, host, _ = notified
     assert "NOTIFY_EVENTGRID_KEY" not in env
-    put_blob(env, "good.csv", GOOD)
-    host.scan_blobs()
-    wait_for_job_end(fresh_emulator)
-    settle(host)
+    upload_and_settle(env, host, fresh_emulator, "good.csv", GOOD)
     assert [e["event"]["type"] for e in received(fresh_emulator) if e["receiver"] == "eventgrid"] == [
         "Autopilot.Run.Deployed"
     ]
