@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> None:
                 "v2_workspace": next(iter(services.v2.workspaces.values())).resource_id,
                 "v2_datastore": "autopilot_training",
                 "v2_batch_endpoint": "retrain-census",
+                "v2_online_endpoint": "census-online",
             }
         ),
         flush=True,

@@ -5,7 +5,7 @@ Admin API (JSON, under ``/_emulator/``; never subject to faults):
 * ``GET  health`` — liveness.
 * ``POST reset`` — forget jobs, faults and the request log (services stay).
 * ``POST config`` — ``{"job_seconds": 1.0, "lro_seconds": 0.5, "legacy_status_codes": false,
-  "v2_metric_children": 1}``.
+  "v2_metric_children": 1, "online_operation_timeout": "PT1H"}``.
 * ``POST faults`` — add a fault: ``{"route": "bes.submit", "status": 503, "retry_after": 1, "times": 2}``,
   ``{"route": "bes.status", "drop": true}`` (close the connection), ``{"route": ..., "delay": 0.5}``,
   ``{"route": ..., "status": 200, "body": "<html>...", "content_type": "text/html"}`` (any answer, any shape),
@@ -124,6 +124,7 @@ class Emulator:
             "lro_seconds": 0.5,
             "legacy_status_codes": False,
             "v2_metric_children": 1,  # child runs of a v2 pipeline job that log the evaluation (0, 1, 2...)
+            "online_operation_timeout": "PT1H",  # the x-ms-async-operation-timeout of online endpoint operations
         }
         self.base_url = ""
         self._fault_ids = 0

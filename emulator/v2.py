@@ -126,6 +126,7 @@ class Workspace:
     runs: dict[str, MlflowRun] = field(default_factory=dict)
     experiments: dict[str, str] = field(default_factory=dict)  # name -> id
     models: dict[str, dict[str, dict]] = field(default_factory=dict)  # name -> version -> resource
+    online_endpoints: dict[str, Any] = field(default_factory=dict)  # lower-cased name -> emulator.online endpoint
 
     @property
     def resource_id(self) -> str:
@@ -165,6 +166,9 @@ class AzureMLv2:
         emulator.admin("POST", "v2/datastores", self._add_datastore)
         emulator.admin("GET", "v2/jobs", lambda r: Response(200, [self._summary(j) for j in self._all_jobs()]))
         emulator.admin("GET", "v2/models", self._all_models)
+        from emulator.online import OnlineEndpoints
+
+        self.online = OnlineEndpoints(self)
 
     # --- set-up ----------------------------------------------------------------------------------
 
@@ -618,7 +622,7 @@ def seed(
     services.workspaces.clear()
     services.cancels.clear()
     services.storage_connection_string = storage_connection_string
-    return services.add(
+    workspace = services.add(
         Workspace(
             subscription,
             resource_group,
@@ -629,3 +633,7 @@ def seed(
             },
         )
     )
+    from emulator import online
+
+    online.seed(services.online, workspace)
+    return workspace

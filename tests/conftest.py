@@ -41,7 +41,13 @@ def fresh_emulator(emulator):
     emulator.admin(
         "POST",
         "config",
-        {"job_seconds": 0.3, "lro_seconds": 0.2, "legacy_status_codes": False, "v2_metric_children": 1},
+        {
+            "job_seconds": 0.3,
+            "lro_seconds": 0.2,
+            "legacy_status_codes": False,
+            "v2_metric_children": 1,
+            "online_operation_timeout": "PT1H",
+        },
     )
     return emulator
 
