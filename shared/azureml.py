@@ -206,7 +206,9 @@ class AzureMLClient:
     """The calls, with the shared HTTP plumbing: ARM-audience tokens for the control plane and MLflow,
     ``ml.azure.com`` for a batch invocation; every URL host-checked before a token goes to it."""
 
-    def __init__(self, config: AzuremlConfig, credential: Any, session, *, timeout: float, extra_hosts=()) -> None:
+    def __init__(self, config, credential: Any, session, *, timeout: float, extra_hosts=()) -> None:
+        """``config``: anything with ``management_url``, ``workspace`` and ``api_version`` (a trainer's
+        configuration, an online endpoint target)."""
         self.config, self._credential, self._session = config, credential, session
         self._timeout = (min(10.0, timeout), timeout)
         self._extra = tuple(extra_hosts)
@@ -227,7 +229,10 @@ class AzureMLClient:
         body: Any = None,
         params: dict | None = None,
         headers: dict | None = None,
+        token: str | None = None,
     ):
+        """One call: the host checked for ``kind`` first; ``token`` (an endpoint's scoring key or token)
+        instead of one of ``scope`` from the credential."""
         host = urlsplit(url).hostname
         try:
             hosts.check(host, kind, self._extra)
@@ -237,7 +242,7 @@ class AzureMLClient:
             ) from None
         data = None if body is None else json.dumps(body).encode("utf-8")
         sent = {
-            "Authorization": f"Bearer {bearer_token(self._credential, scope, AzureMLError)}",
+            "Authorization": f"Bearer {token or bearer_token(self._credential, scope, AzureMLError)}",
             "Accept": "application/json",
             "Content-Type": "application/json; charset=utf-8",
             **(headers or {}),

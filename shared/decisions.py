@@ -106,3 +106,77 @@ def admission(
     if waiting is None or key > (waiting_key or ""):
         return Admission(WAITING, waiting, write=(active, run_id, key))
     return Admission(SUPERSEDED, waiting)
+
+
+# --- staged rollouts (shared/rollout.py) -------------------------------------------------------------
+
+
+def live_deployment(traffic: dict[str, int]) -> str | None:
+    """The deployment with the most traffic (the one a new model replaces); ties go to the first name."""
+    shares = {name: share for name, share in traffic.items() if share > 0}
+    return min(shares, key=lambda name: (-shares[name], name)) if shares else None
+
+
+def split(traffic: dict[str, int], new: str, share: int) -> dict[str, int]:
+    """``share`` percent to ``new``; the rest of 100 over the deployments live now, in proportion,
+    rounded so the map sums to exactly 100 (largest remainders first, then names)."""
+    live = {name: v for name, v in traffic.items() if v > 0 and name != new}
+    rest, total = 100 - share, sum(live.values())
+    if not live or total <= 0:
+        return {new: 100}
+    exact = {name: v * rest / total for name, v in live.items()}
+    result = {name: int(value) for name, value in exact.items()}
+    order = sorted(exact, key=lambda name: (-(exact[name] - result[name]), name))
+    for name in order[: rest - sum(result.values())]:
+        result[name] += 1
+    return {**{name: v for name, v in result.items() if v > 0}, new: share}
+
+
+def stage_maps(
+    stage: str, previous: dict[str, dict[str, int]], new: str, mirror_percent: int, canary_percent: int
+) -> tuple[dict[str, int], dict[str, int]]:
+    """The traffic and mirror maps an endpoint gets on entering ``stage`` (``previous``: the maps read
+    before the rollout changed anything). A mirrored deployment gets no live traffic and vice versa."""
+    if stage == "shadow":
+        return dict(previous["traffic"]), {new: mirror_percent}
+    if stage == "canary":
+        return split(previous["traffic"], new, canary_percent), {}
+    if stage == "promote":
+        return {new: 100}, {}
+    if stage == "rollback":
+        return dict(previous["traffic"]), dict(previous["mirror"])
+    raise ValueError(f"stage {stage!r} does not change traffic")
+
+
+def after(stage: str, *, kind: str, has_live: bool, mirror_percent: int, canary_percent: int) -> str:
+    """The stage that follows ``stage`` (create → probe → shadow → canary → promote → retire), skipping
+    what the rollout does not use: no shadow without a mirror share, no canary without a canary share,
+    neither without a live deployment (a first deploy gets all traffic once healthy: there is no live
+    traffic to mirror or split); a rollback goes straight from create to promote."""
+    order = ["create", "probe", "shadow", "canary", "promote", "retire"]
+    if kind == "rollback":
+        order = ["create", "promote", "retire"]
+    skipped = {"shadow"} if mirror_percent <= 0 or not has_live else set()
+    if canary_percent <= 0 or not has_live:
+        skipped.add("canary")
+    following = [s for s in order[order.index(stage) + 1 :] if s not in skipped]
+    return following[0] if following else "done"
+
+
+def probe_verdict(errors: int, rows: int, max_error_rate: float) -> tuple[float, bool]:
+    """A probe's error rate and whether it passes (no rows probed passes: probing is off)."""
+    rate = errors / rows if rows else 0.0
+    return rate, rate <= max_error_rate
+
+
+def retire(deployments: list[tuple[str, str]], keep: int, protected: set[str]) -> list[str]:
+    """Which deployments to delete so at most ``keep`` remain (every deployment counts, the live one
+    too): the oldest first (``(name, created)`` pairs), never a protected one (the live deployment,
+    the one a rollback returns to)."""
+    excess = len(deployments) - keep
+    if excess <= 0:
+        return []
+    candidates = sorted(
+        (d for d in deployments if d[0].lower() not in {p.lower() for p in protected}), key=lambda d: (d[1], d[0])
+    )
+    return [name for name, _ in candidates[:excess]]

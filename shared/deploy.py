@@ -24,9 +24,12 @@ log = logging.getLogger(__name__)
 
 TARGET_LEASE = dt.timedelta(minutes=15)
 DEPLOYED, SKIPPED, FAILED, RETRYING = "Deployed", "Skipped", "Failed", "Retrying"
+# A staged target (``shared/rollout.py``): rolling out over poll ticks, then rolled back (live model unchanged).
+ROLLING_OUT, ROLLED_BACK = "RollingOut", "RolledBack"
 # Manual approval, per target: waiting, then a person's decision, an expiry or a newer run's approval.
 AWAITING, REFUSED, EXPIRED, SUPERSEDED = "AwaitingApproval", "RefusedByApprover", "ApprovalExpired", "Superseded"
-DONE = (DEPLOYED, SKIPPED, FAILED, REFUSED, EXPIRED, SUPERSEDED)  # a target's ends on a run
+DONE = (DEPLOYED, SKIPPED, FAILED, REFUSED, EXPIRED, SUPERSEDED, ROLLED_BACK)  # a target's ends on a run
+PENDING = (AWAITING, ROLLING_OUT)  # not ended, and not for a redelivered command to start again
 
 
 class DeployError(ServiceError):
@@ -53,20 +56,30 @@ class Deployer(Protocol):
 
 @dataclass(frozen=True)
 class PutResult:
-    action: str  # deployed | already-live | skipped
+    action: str  # deployed | already-live | skipped | rolling-out
     reason: str
+
+    @property
+    def status(self) -> str:
+        """The run's record of this target: Skipped, RollingOut (a staged rollout begun) or Deployed."""
+        return {"skipped": SKIPPED, "rolling-out": ROLLING_OUT}.get(self.action, DEPLOYED)
 
 
 def put_live(svc, target: Target, run: Run, *, actor: str, kind: str = "deploy") -> PutResult:
     """Make ``run``'s model the live model of ``target``, verified, and record it.
 
-    ``kind="deploy"`` refuses to replace a newer run's model; ``kind="rollback"`` may go back.
+    ``kind="deploy"`` refuses to replace a newer run's model; ``kind="rollback"`` may go back. A staged
+    target (an online endpoint) starts a rollout instead: ``rolling-out``, carried on by the poll.
     """
     with telemetry.bind(pipeline=run.pipeline, run_id=run.run_id, target=target.name):
+        if getattr(target, "staged", False):
+            from shared import rollout
+
+            return rollout.begin(svc, target, run, actor=actor, kind=kind)
         model = run.outputs.get("model")
         if not model:
             raise DeployError(f"run {run.run_id} has no trained model", operation=kind, code="NoModel")
-        claimed = _claim(svc, target, run, kind)
+        claimed = claim(svc, target, run, kind)
         if isinstance(claimed, PutResult):
             return claimed
         deployer = svc.deployer(target)
@@ -81,7 +94,7 @@ def put_live(svc, target: Target, run: Run, *, actor: str, kind: str = "deploy")
                     transient=True,
                 )
         except Exception:
-            _release(svc, target, run)
+            release(svc, target, run)
             raise
         now = utcnow()
         replaced = _record_live(svc, target, run, model, now, kind, held=claimed)
@@ -127,7 +140,7 @@ def _record_live(
     return replaced[0]
 
 
-def _claim(svc, target: Target, run: Run, kind: str) -> TargetState | PutResult:
+def claim(svc, target: Target, run: Run, kind: str) -> TargetState | PutResult:
     """Take the target's deployment lease for ``run`` (ETag-conditional), or say why not."""
 
     def attempt() -> TargetState | PutResult:
@@ -135,6 +148,14 @@ def _claim(svc, target: Target, run: Run, kind: str) -> TargetState | PutResult:
         state = svc.targets.get(target.name)
         if state.live_run == run.run_id and state.deploying_run is None:
             return PutResult("already-live", f"{run.run_id} is already live on {target.name}")
+        rolling = (state.rollout or {}).get("run") if rollout_active(state) else None
+        if rolling not in (None, run.run_id):  # a rollout holds its target until it ends, lease or not
+            raise DeployError(
+                f"{target.name} is rolling out run {rolling} ({state.rollout['stage']})",
+                operation=kind,
+                code="TargetBusy",
+                transient=True,
+            )
         busy = not lease_lapsed(state.lease_until, state.written_at, TARGET_LEASE, now)
         if state.deploying_run not in (None, run.run_id) and busy:
             raise DeployError(
@@ -156,7 +177,13 @@ def _claim(svc, target: Target, run: Run, kind: str) -> TargetState | PutResult:
         raise DeployError(f"{target.name}: too contended", operation=kind, code="TargetBusy", transient=True) from None
 
 
-def _release(svc, target: Target, run: Run) -> None:
+def rollout_active(state: TargetState) -> bool:
+    from shared.rollout import is_active
+
+    return is_active(state)
+
+
+def release(svc, target: Target, run: Run) -> None:
     """Give up the target's lease after a failed update, so the retry need not wait for it to lapse."""
 
     def attempt() -> None:
@@ -225,7 +252,7 @@ def deploy_run(
         retry: list[str] = []
         for name in names:
             current = run.targets.get(name, {})
-            done = current.get("status") in (*DONE, AWAITING)
+            done = current.get("status") in (*DONE, *PENDING)
             if done and force_reason is None:
                 continue  # done on an earlier delivery, or waiting for a person
             target = svc.settings.target(name)
@@ -252,11 +279,10 @@ def deploy_run(
                     retry.append(name)
                 log.warning("run %s target %s: %s", run_id, name, reason)
                 continue
-            status = SKIPPED if outcome.action == "skipped" else DEPLOYED
-            results[name] = {"status": status, "reason": outcome.reason, "attempt": attempt}
+            results[name] = {"status": outcome.status, "reason": outcome.reason, "attempt": attempt}
             if force_reason is not None:
                 results[name]["forced"] = force_reason
-        run = _record_targets(svc, run, results, names, actor)
+        run = record_targets(svc, run, results, names, actor)
         if retry:
             reasons = "; ".join(f"{name}: {results[name]['reason']}" for name in retry)
             raise DeployError(f"run {run_id}: {reasons}", operation="to targets", code="Retry", transient=True)
@@ -311,14 +337,14 @@ def decide(svc, pipeline: str, run_id: str, name: str, *, approve: bool, approve
     result = {"approval": decision}
     try:
         outcome = put_live(svc, target, run, actor=actor)
-        result.update(status=SKIPPED if outcome.action == "skipped" else DEPLOYED, reason=outcome.reason)
+        result.update(status=outcome.status, reason=outcome.reason)
     except ServiceError as exc:
         if exc.transient:
             # keep it waiting, approved: the command's retry deploys it
-            _record_targets(svc, run, {name: {**waiting, "approval": decision}}, _approved(run, None), actor)
+            record_targets(svc, run, {name: {**waiting, "approval": decision}}, _approved(run, None), actor)
             raise
         result.update(status=FAILED, reason=str(exc), error=exc.as_record())
-    _record_targets(svc, run, {name: result}, _approved(run, None), actor)
+    record_targets(svc, run, {name: result}, _approved(run, None), actor)
     return f"{name}: approved by {approver}, {result['status']}"
 
 
@@ -353,7 +379,7 @@ def _end_waiting(
     if run is None or run.targets.get(name, {}).get("status") != AWAITING:
         return
     result = {"status": status, "reason": reason, **({"approval": decision} if decision else {})}
-    _record_targets(svc, run, {name: result}, _approved(run, None), actor)
+    record_targets(svc, run, {name: result}, _approved(run, None), actor)
     log.info("run %s target %s: %s (%s)", run_id, name, status, reason)
 
 
@@ -383,13 +409,13 @@ def give_up(
     results = {
         name: {"status": FAILED, "reason": reason}
         for name in names
-        if run.targets.get(name, {}).get("status") not in (*DONE, AWAITING)
+        if run.targets.get(name, {}).get("status") not in (*DONE, *PENDING)
     }
     if results:
-        _record_targets(svc, run, results, names, actor)
+        record_targets(svc, run, results, names, actor)
 
 
-def _record_targets(svc, run: Run, results: dict[str, dict], names: list[str], actor: str) -> Run:
+def record_targets(svc, run: Run, results: dict[str, dict], names: list[str], actor: str) -> Run:
     def change(current: Run) -> bool:
         now = R.iso(utcnow())
         for name, result in results.items():

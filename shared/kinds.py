@@ -13,7 +13,7 @@ import importlib
 from types import ModuleType
 
 TRAINERS = {"bes": "shared.bes", "azureml": "shared.azureml"}
-TARGETS = {"classic": "shared.classic", "arm": "shared.arm"}
+TARGETS = {"classic": "shared.classic", "arm": "shared.arm", "azureml-online": "shared.online"}
 
 
 def trainer_module(kind: str) -> ModuleType:

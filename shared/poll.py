@@ -40,6 +40,13 @@ def poll(svc, *, actor: str, now: dt.datetime | None = None) -> list[Outcome]:
             deploy.expire_approvals(svc, actor)
         except Exception:  # never in the way of the runs' own polling; the next tick tries again
             log.exception("expiring approvals failed")
+    if any(getattr(t, "staged", False) for t in svc.settings.targets):  # rollouts in progress: one step each
+        try:
+            from shared import rollout
+
+            rollout.advance_all(svc, actor=actor, now=now)
+        except Exception:  # never in the way of the runs' own polling; the next tick tries again
+            log.exception("advancing rollouts failed")
     if len(work) <= 1:
         outcomes = [poll_pipeline(svc, slot, actor, now) for slot in work]
     else:

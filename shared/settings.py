@@ -350,7 +350,8 @@ class Settings:
                 rules = preflight.parse_rules(json.loads(raw_rules), "PREFLIGHT")
             except json.JSONDecodeError as exc:
                 raise SettingsError("PREFLIGHT", f"is not valid JSON ({exc.msg})") from None
-            pipelines = (Pipeline(pipeline, "", trainer, tuple(t.name for t in targets), gate, schedule, rules),)
+            flat = Pipeline(pipeline, "", trainer, tuple(t.name for t in targets), gate, schedule, rules)
+            pipelines = (check_served(flat, targets, "DEPLOY_TARGETS"),)
 
         settings = cls(
             storage_connection=storage,
@@ -572,8 +573,24 @@ def parse_pipelines(raw: str, targets: tuple[Target, ...], context: ParseContext
                 raise fail(f"{what} schedule", "must be an NCRONTAB string")
             schedule = ncrontab(f"{what} schedule", schedule)
         rules = preflight.parse_rules(item.get("preflight"), f"{what} preflight")
-        pipelines.append(Pipeline(pipeline_name, prefix, config, tuple(owned), gate, schedule, rules))
+        pipelines.append(
+            check_served(
+                Pipeline(pipeline_name, prefix, config, tuple(owned), gate, schedule, rules), targets, f"{what} targets"
+            )
+        )
     return tuple(pipelines)
+
+
+def check_served(pipeline: Pipeline, targets: tuple[Target, ...], what: str) -> Pipeline:
+    """``pipeline``, once each of its targets' kinds accepts its trainer (a kind that serves only some
+    trainers' models has ``check_pipeline``)."""
+    from shared import kinds
+
+    for target in targets:
+        check = getattr(kinds.target_module(target.kind), "check_pipeline", None)
+        if target.name in pipeline.targets and check is not None:
+            check(target, pipeline, what)
+    return pipeline
 
 
 def _gate(raw: object, what: str, default: Gate) -> Gate:

@@ -474,6 +474,7 @@ class TargetState:
     lease_until: dt.datetime | None = None
     awaiting_run: str | None = None  # a run waiting for a person's approval here (manual approval)
     awaiting_until: dt.datetime | None = None  # when that approval expires
+    rollout: dict | None = None  # a staged target's rollout: in progress, or the last one (shared/rollout.py)
     etag: str | None = None
     written_at: dt.datetime | None = None  # server Timestamp of the version read (caps a skewed lease)
 
@@ -492,6 +493,7 @@ class TargetState:
             "lease_until": self.lease_until,
             "awaiting_run": self.awaiting_run,
             "awaiting_until": self.awaiting_until,
+            "rollout": json.dumps(self.rollout, sort_keys=True) if self.rollout is not None else None,
         }
 
     @classmethod
@@ -509,6 +511,7 @@ class TargetState:
             lease_until=entity.get("lease_until"),
             awaiting_run=entity.get("awaiting_run"),
             awaiting_until=entity.get("awaiting_until"),
+            rollout=json.loads(entity["rollout"]) if entity.get("rollout") else None,
             etag=entity.metadata["etag"],
             written_at=written_at(entity),
         )

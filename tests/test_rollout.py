@@ -1,0 +1,281 @@
+"""Safe rollout to an Azure ML v2 managed online endpoint, through the registered functions against
+Azurite and the emulator: a v2 pipeline's registered model goes create → probe → shadow → canary →
+promote → retire, one stage per poll tick, and anything that goes wrong rolls the traffic back."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+
+import function_app
+from emulator import sample_data
+from localdev.runner import LocalHost
+from shared import deploy, rollout
+from shared import runs as R
+from tests.test_azureml import JOB, v2_trainer
+from tests.test_function_app import put_blob
+
+GOOD = sample_data.generate(600, seed=31, label_noise=0.1).encode()
+ALSO_GOOD = sample_data.generate(600, seed=32, label_noise=0.1).encode()
+FAST = {"mirror_percent": 20, "mirror_minutes": 0, "canary_percent": 25, "bake_minutes": 0, "probe_rows": 5}
+
+
+def online_target(emulator, endpoint="census-online", **fields) -> dict:
+    return {
+        "name": "census-online",
+        "kind": "azureml-online",
+        "endpoint": f"{emulator.info['v2_workspace']}/onlineEndpoints/{endpoint}",
+        "management_url": emulator.url,
+        "rollout": FAST,
+        **fields,
+    }
+
+
+@pytest.fixture
+def world(app_env, fresh_emulator, monkeypatch):
+    """A v2 pipeline (Command jobs) whose one target is an online endpoint; returns ``make(**target)``."""
+    hosts = []
+
+    def make(**target_fields):
+        pipeline = {
+            "name": "census",
+            "blob_prefix": "census/",
+            "trainer": v2_trainer(fresh_emulator, job=JOB),
+            "targets": ["census-online"],
+            "gate": {"metric": "AUC", "min": 0.6, "min_improvement": -1.0},  # every good model is approved
+        }
+        flat = {k: v for k, v in app_env.items() if k not in ("BES_JOBS_URL", "BES_API_KEY", "DEPLOY_TARGETS")}
+        env = {
+            **flat,
+            "PIPELINES": json.dumps([pipeline]),
+            "DEPLOY_TARGETS": json.dumps([online_target(fresh_emulator, **target_fields)]),
+            "POLL_SCHEDULE": "*/1 * * * * *",
+        }
+        for name in ("BES_JOBS_URL", "BES_API_KEY"):
+            monkeypatch.delenv(name, raising=False)
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        fresh_emulator.admin(
+            "POST", "v2/datastores", {"name": "autopilot_training", "container": env["TRAINING_CONTAINER"]}
+        )
+        host = LocalHost(function_app.app, env, visibility_timeout=0)
+        hosts.append(host)
+        from shared.workflow import get_services
+
+        return env, host, get_services()
+
+    yield make
+    for host in hosts:
+        host.stop()
+
+
+def endpoint_state(emulator, name="census-online") -> dict:
+    return next(e for e in emulator.admin("GET", "v2/online") if e["endpoint"] == name)
+
+
+def roll(host, svc, emulator, blob: str, timeout: float = 60) -> tuple[R.Run, dict, list[dict]]:
+    """Tick until ``blob``'s run has ended on the target; the run, the final rollout and what the
+    endpoint looked like after each tick (traffic always sums to 100 and names existing deployments)."""
+    seen: list[dict] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        host.fire_timer("poll_runs")
+        host.pump_queues()
+        endpoint = endpoint_state(emulator)
+        traffic = endpoint["traffic"]
+        assert not traffic or sum(traffic.values()) == 100, traffic
+        assert set(traffic) | set(endpoint["mirrorTraffic"]) <= set(endpoint["deployments"]), endpoint
+        state = svc.targets.get("census-online")
+        seen.append({**endpoint, "stage": (state.rollout or {}).get("stage")})
+        runs = [r for r in svc.store.list_runs("census") if r.blob_name == blob]
+        if runs and runs[0].status in (R.DEPLOYED, R.FAILED, R.REJECTED, R.PARTIALLY_DEPLOYED):
+            return runs[0], state.rollout, seen
+        time.sleep(0.05)
+    raise AssertionError(f"no end: {seen[-1]}; {svc.targets.get('census-online').rollout}")
+
+
+def requests_to(emulator, route: str, method: str | None = None) -> list[dict]:
+    return [
+        r
+        for r in emulator.admin("GET", "requests")
+        if r["route"] == route and (method is None or r["method"] == method)
+    ]
+
+
+def test_a_first_deploy_then_a_new_model_goes_through_shadow_and_canary_to_all_traffic(world, fresh_emulator):
+    env, host, svc = world(keep_deployments=2)
+    put_blob(env, "census/2026-11.csv", GOOD)
+    host.scan_blobs()
+    first, doc, _ = roll(host, svc, fresh_emulator, "census/2026-11.csv")
+    assert first.status == R.DEPLOYED, first.history
+    # a first deploy: no live deployment to split with, so create → probe → promote (no shadow, no canary)
+    assert [s["stage"] for s in doc["stages"]] == ["create", "probe", "promote", "retire", "Promoted"]
+    blue = doc["deployment"]
+    assert endpoint_state(fresh_emulator)["traffic"] == {blue: 100}
+    assert doc["probes"][0]["rows"] == 5 and doc["probes"][0]["errors"] == 0
+    state = svc.targets.get("census-online")
+    assert state.live_run == first.run_id and state.live_model == first.model["id"] and state.deploying_run is None
+
+    put_blob(env, "census/2026-12.csv", ALSO_GOOD)
+    host.scan_blobs()
+    second, doc, seen = roll(host, svc, fresh_emulator, "census/2026-12.csv")
+    assert second.status == R.DEPLOYED, second.history
+    green = doc["deployment"]
+    assert [s["stage"] for s in doc["stages"]] == [
+        "create", "probe", "shadow", "canary", "promote", "retire", "Promoted"
+    ]  # fmt: skip
+    assert {"traffic": {blue: 100}, "mirrorTraffic": {green: 20}} in [
+        {"traffic": s["traffic"], "mirrorTraffic": s["mirrorTraffic"]} for s in seen
+    ]  # the shadow: live traffic untouched, a mirrored share to the new deployment
+    assert {blue: 75, green: 25} in [s["traffic"] for s in seen]  # the canary
+    final = endpoint_state(fresh_emulator)
+    assert final["traffic"] == {green: 100} and final["mirrorTraffic"] == {}
+    assert final["deployments"][green]["model"] == second.model["id"]
+    assert set(final["deployments"]) == {blue, green}  # keep 2: the live one and the one to roll back to
+    state = svc.targets.get("census-online")
+    assert (state.live_run, state.previous_run) == (second.run_id, first.run_id)
+    assert second.targets["census-online"]["status"] == deploy.DEPLOYED
+    # PATCH is never used for traffic or model: every change was a PUT of the whole endpoint
+    assert not requests_to(fresh_emulator, "v2.online.endpoint.patch")
+    assert len(requests_to(fresh_emulator, "v2.online.deployment.put")) == 2  # one create per model
+
+
+def test_a_third_model_retires_the_oldest_deployment_but_never_the_live_or_the_rollback_one(world, fresh_emulator):
+    env, host, svc = world(keep_deployments=2, rollout={"canary_percent": 0, "probe_rows": 2})
+    names = []
+    for month, data in (("10", GOOD), ("11", ALSO_GOOD), ("12", GOOD)):
+        put_blob(env, f"census/2026-{month}.csv", data)
+        host.scan_blobs()
+        run, doc, _ = roll(host, svc, fresh_emulator, f"census/2026-{month}.csv")
+        assert run.status == R.DEPLOYED, run.history
+        names.append(doc["deployment"])
+    assert doc["retired"] == [names[0]] and sorted(doc["kept"]) == sorted(names[1:])
+    remaining = endpoint_state(fresh_emulator)["deployments"]
+    assert {n for n, d in remaining.items() if d["state"] != "Deleting"} == set(names[1:])  # the DELETE is an LRO
+
+
+def test_a_failed_provisioning_is_rolled_back_with_the_traffic_untouched(world, fresh_emulator):
+    env, host, svc = world()
+    put_blob(env, "census/2026-11.csv", GOOD)
+    host.scan_blobs()
+    first, doc, _ = roll(host, svc, fresh_emulator, "census/2026-11.csv")
+    before = endpoint_state(fresh_emulator)["traffic"]
+    fresh_emulator.admin("POST", "faults", {"route": "v2.online.provision", "fail": "quota exceeded", "times": 1})
+    put_blob(env, "census/2026-12.csv", ALSO_GOOD)
+    host.scan_blobs()
+    second, doc, seen = roll(host, svc, fresh_emulator, "census/2026-12.csv")
+    assert second.status == R.FAILED
+    assert second.targets["census-online"]["status"] == deploy.ROLLED_BACK
+    assert "quota exceeded" in doc["reason"] and "traffic untouched" in doc["reason"]
+    assert all(s["traffic"] == before for s in seen)  # never moved, not even for a tick
+    assert not requests_to(fresh_emulator, "v2.online.endpoint.put")[1:]  # only the first deploy's promote
+    state = svc.targets.get("census-online")
+    assert state.live_run == first.run_id and state.live_model == first.model["id"]
+    assert doc["deployment"] in endpoint_state(fresh_emulator)["deployments"]  # kept for inspection
+
+
+def test_probe_errors_during_the_canary_roll_traffic_back_and_keep_the_live_model(world, fresh_emulator):
+    env, host, svc = world()
+    put_blob(env, "census/2026-11.csv", GOOD)
+    host.scan_blobs()
+    first, doc, _ = roll(host, svc, fresh_emulator, "census/2026-11.csv")
+    blue = doc["deployment"]
+    # the next deployment is healthy when probed alone, and fails once it has live traffic
+    fresh_emulator.admin("POST", "faults", {"route": "v2.online.degrade", "fail": "CUDA out of memory", "path": "ap-"})
+    put_blob(env, "census/2026-12.csv", ALSO_GOOD)
+    host.scan_blobs()
+    second, doc, seen = roll(host, svc, fresh_emulator, "census/2026-12.csv")
+    assert second.status == R.FAILED and second.targets["census-online"]["status"] == deploy.ROLLED_BACK
+    assert doc["failed_stage"] == "canary" and "probe error rate 100%" in doc["reason"]
+    assert "CUDA out of memory" in doc["reason"]
+    assert [p["ok"] for p in doc["probes"]][-3:] == [True, True, False]  # probe, shadow pass; the canary fails
+    assert {blue: 75, doc["deployment"]: 25} in [s["traffic"] for s in seen]
+    final = endpoint_state(fresh_emulator)
+    assert final["traffic"] == {blue: 100} and final["mirrorTraffic"] == {}
+    state = svc.targets.get("census-online")
+    assert state.live_run == first.run_id and state.live_model == first.model["id"] and state.deploying_run is None
+
+
+def test_a_stage_past_its_deadline_is_rolled_back(world, fresh_emulator):
+    env, host, svc = world()
+    put_blob(env, "census/2026-11.csv", GOOD)
+    host.scan_blobs()
+    roll(host, svc, fresh_emulator, "census/2026-11.csv")
+    fresh_emulator.admin("POST", "config", {"online_operation_timeout": "PT1S"})
+    fresh_emulator.admin("POST", "faults", {"route": "v2.online.stuck", "times": 1})  # the create never ends
+    put_blob(env, "census/2026-12.csv", ALSO_GOOD)
+    host.scan_blobs()
+    second, doc, _ = roll(host, svc, fresh_emulator, "census/2026-12.csv")
+    assert second.targets["census-online"]["status"] == deploy.ROLLED_BACK
+    assert doc["failed_stage"] == "create" and "passed its deadline" in doc["reason"]
+
+
+def test_redelivered_commands_and_overlapping_ticks_change_nothing_twice(world, fresh_emulator):
+    env, host, svc = world()
+    put_blob(env, "census/2026-11.csv", GOOD)
+    host.scan_blobs()
+    deadline = time.monotonic() + 30
+    while not rollout.is_active(svc.targets.get("census-online")):
+        assert time.monotonic() < deadline
+        host.fire_timer("poll_runs")
+        host.pump_queues()
+    run = next(iter(svc.store.list_runs("census")))
+    # the deploy command again (an at-least-once queue): the rollout is not started twice
+    from shared.poll import deploy_command
+
+    svc.storage.queue(svc.settings.commands_queue).send_message(json.dumps(deploy_command(run)))
+    host.pump_queues()
+    assert len(requests_to(fresh_emulator, "v2.online.deployment.put")) == 1
+    # two ticks at once, at every stage: exactly one does the stage's work
+    target = svc.settings.target("census-online")
+    while rollout.is_active(svc.targets.get("census-online")):
+        time.sleep(0.25)  # let an operation finish, so a step has work to do
+        state = svc.targets.get("census-online")
+        results: list[str] = []
+
+        def tick(state=state, results=results) -> None:
+            results.append(rollout.advance(svc, target, state, actor="t", now=R.utcnow()))
+
+        threads = [threading.Thread(target=tick) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert results.count("busy") >= 1, results
+    host.pump_queues()
+    assert len(requests_to(fresh_emulator, "v2.online.deployment.put")) == 1
+    assert len(requests_to(fresh_emulator, "v2.online.endpoint.put")) == 1  # the one promote (a first deploy)
+    assert svc.store.get("census", run.run_id).status == R.DEPLOYED
+    history = [h for h in svc.targets.history("census-online") if h["kind"] == "deploy"]
+    assert len(history) == 1
+
+
+def test_a_rollback_command_moves_traffic_back_to_the_previous_deployment_and_verifies_it(world, fresh_emulator):
+    env, host, svc = world(rollout={"canary_percent": 0, "probe_rows": 2})
+    for month, data in (("11", GOOD), ("12", ALSO_GOOD)):
+        put_blob(env, f"census/2026-{month}.csv", data)
+        host.scan_blobs()
+        run, _, _ = roll(host, svc, fresh_emulator, f"census/2026-{month}.csv")
+        assert run.status == R.DEPLOYED
+    first = list(svc.store.list_runs("census"))[-1]
+    previous = svc.targets.get("census-online")
+    command = {"type": "rollback", "version": 1, "target": "census-online", "pipeline": "census", "request_id": "rb-1"}
+    svc.storage.queue(svc.settings.commands_queue).send_message(json.dumps(command))
+    puts_before = len(requests_to(fresh_emulator, "v2.online.deployment.put"))
+    deadline = time.monotonic() + 30
+    while svc.targets.get("census-online").live_run != first.run_id or rollout.is_active(
+        svc.targets.get("census-online")
+    ):
+        assert time.monotonic() < deadline, svc.targets.get("census-online").rollout
+        host.pump_queues()
+        host.fire_timer("poll_runs")
+        time.sleep(0.05)
+    state = svc.targets.get("census-online")
+    assert state.rollout["kind"] == "rollback" and state.rollout["outcome"] == rollout.PROMOTED
+    assert [s["stage"] for s in state.rollout["stages"]] == ["create", "promote", "retire", "Promoted"]
+    assert endpoint_state(fresh_emulator)["traffic"] == {state.rollout["deployment"]: 100}
+    assert state.live_model == first.model["id"] and state.previous_run == previous.live_run
+    assert len(requests_to(fresh_emulator, "v2.online.deployment.put")) == puts_before  # instant: nothing created
