@@ -404,11 +404,12 @@ def targets_command(args: argparse.Namespace) -> int:
             "-" if t["metric"]["value"] is None else f"{t['metric']['value']:.4f}",
             (t["since"] or "-")[:19],
             t["previous_run"] or "-",
+            status.rollout_text(t["rollout"]) or "-",
             t["note"] or "",
         ]
         for t in targets
     ]
-    header = ["target", "kind", "pipeline", "live run", "metric", "since (UTC)", "replaced", "note"]
+    header = ["target", "kind", "pipeline", "live run", "metric", "since (UTC)", "replaced", "rollout", "note"]
     print_table(rows, header, empty="no targets")
     return 0
 
@@ -457,7 +458,7 @@ def tail_command(args: argparse.Namespace) -> int:
     from shared import status
 
     svc = _read_services(args)
-    seen, started = 0, time.monotonic()
+    seen, started, stages = 0, time.monotonic(), {}
     with Progress(len(status.STEPS)) as progress:
         while True:
             run = status.find_run(svc, args.run_id, args.pipeline)
@@ -468,6 +469,11 @@ def tail_command(args: argparse.Namespace) -> int:
                 move = f"-> {entry['to']}" if "to" in entry else "  note"
                 progress.note(f"{entry['at']}  {move:<20} {entry.get('reason') or entry.get('event')}")
             seen = len(run.history)
+            rolling = ""
+            for name, done in _rollout_stages(svc, run, stages):  # a staged target's rollout, stage by stage
+                for stage in done:
+                    progress.note(f"{stage['at']}  {name + ': ' + stage['stage']:<20}")
+                rolling = f", {name} rolling out" if run.status == "Deploying" else rolling
             if run.ended:
                 progress.note(f"{run.run_id} ended {run.status}")
                 return 0 if run.status in ("Deployed", "Finished", "Rejected", "Superseded") else 1
@@ -475,8 +481,22 @@ def tail_command(args: argparse.Namespace) -> int:
                 progress.note(f"still {run.status} after {args.timeout:.0f}s; stopped following")
                 return 2
             step = status.STEPS.index(run.status) + 1 if run.status in status.STEPS else 0
-            progress.update(step, f"{run.status} ({step}/{len(status.STEPS)})")
+            progress.update(step, f"{run.status} ({step}/{len(status.STEPS)}){rolling}")
             time.sleep(args.interval)
+
+
+def _rollout_stages(svc, run, shown_so_far: dict[str, int]):
+    """For each target rolling out ``run``: the rollout stages not shown yet (``shown_so_far`` counts)."""
+    for name, result in sorted(run.targets.items()):
+        if result.get("status") not in ("RollingOut", "Deployed", "RolledBack", "Failed"):
+            continue
+        state = svc.targets.peek(name)
+        doc = state.rollout if state else None
+        if not doc or doc.get("run") != run.run_id:
+            continue
+        stages = doc.get("stages") or []
+        yield name, stages[shown_so_far.get(name, 0) :]
+        shown_so_far[name] = len(stages)
 
 
 # --- commands log ---------------------------------------------------------------------------------

@@ -162,10 +162,44 @@ def list_targets(svc, pipeline: str | None = None) -> list[dict[str, Any]]:
                 "previous_run": state.previous_run if state else None,
                 "metric": {"name": metric, "value": gate.metric(state.live_metrics if state else None, metric)},
                 "deploying_run": state.deploying_run if state else None,
+                "rollout": rollout_view(state.rollout if state else None),
                 "note": None if target and state else "never deployed to" if target else "not in DEPLOY_TARGETS",
             }
         )
     return views
+
+
+ROLLOUT_FIELDS = (
+    "run", "kind", "stage", "outcome", "reason", "deployment", "replacing", "traffic", "mirror", "kept", "retired",
+    "started", "ended", "stages", "probes", "last_error",
+)  # fmt: skip
+
+
+def rollout_view(doc: dict | None) -> dict[str, Any] | None:
+    """What an operator reads of a staged target's rollout (in progress, or the last one)."""
+    return None if not doc else {k: doc.get(k) for k in ROLLOUT_FIELDS}
+
+
+def rollout_text(view: dict | None) -> str:
+    """A rollout in one line: its stage (or outcome), the traffic and mirror maps, the last probe."""
+    if not view:
+        return ""
+
+    def shares(weights: dict | None) -> str:
+        return " / ".join(f"{name} {share}%" for name, share in sorted((weights or {}).items())) or "none"
+
+    head = view["stage"] if view.get("stage") != "done" else view.get("outcome")
+    parts = [f"{head} ({view.get('run')})", f"traffic {shares(view.get('traffic'))}"]
+    if view.get("mirror"):
+        parts.append(f"mirror {shares(view['mirror'])}")
+    if view.get("probes"):
+        last = view["probes"][-1]
+        parts.append(f"probe {last['errors']}/{last['rows']} errors")
+    if view.get("stage") == "done" and view.get("kept"):
+        parts.append(f"kept {', '.join(view['kept'])}")
+    if view.get("outcome") not in (None, "Promoted"):
+        parts.append(str(view.get("reason"))[:160])
+    return " · ".join(parts)
 
 
 def list_pipelines(svc) -> list[dict[str, Any]]:
@@ -339,6 +373,30 @@ def run_page_html(svc, run_id: str, *, pipeline: str | None = None, link_query: 
         [e(name), _badge(str(t.get("status"))), text(t.get("reason")), text(t.get("at") or t.get("updated_at"))]
         for name, t in sorted(run.targets.items())
     ]
+    rollouts = ""
+    for name in sorted(run.targets):
+        state = svc.targets.peek(name)
+        doc = state.rollout if state else None
+        if not doc or doc.get("run") != run.run_id:
+            continue
+        stages = [[f"<span class=mono>{text(s.get('at'))}</span>", text(s.get("stage"))] for s in doc.get("stages", [])]
+        probes = [
+            [
+                f"<span class=mono>{text(p.get('at'))}</span>",
+                text(p.get("stage")),
+                f"{p.get('errors')}/{p.get('rows')}",
+                _badge("passed", "ok") if p.get("ok") else _badge("failed", "bad"),
+                text(p.get("first_error")),
+            ]
+            for p in doc.get("probes", [])
+        ]
+        rollouts += (
+            f"<h2>Rollout on {e(name)}</h2><p class=rollout>{text(rollout_text(rollout_view(doc)))}</p>"
+            f"<p class=muted>deployment <span class=mono>{text(doc.get('deployment'))}</span>, replacing "
+            f"<span class=mono>{text(doc.get('replacing'))}</span>; kept {text(', '.join(doc.get('kept') or []))}</p>"
+            + table(["at", "stage"], stages, "no stage yet", f"stages-{e(name)}")
+            + table(["at", "stage", "errors", "result", "first error"], probes, "no probe yet", f"probes-{e(name)}")
+        )
     history = [
         [
             f"<span class=mono>{text(entry.get('at'))}</span>",
@@ -362,6 +420,7 @@ def run_page_html(svc, run_id: str, *, pipeline: str | None = None, link_query: 
 <h2>Metrics</h2>{table(["metric", "value"], metrics, "no evaluation yet", "metrics")}
 <h2>Gate</h2>{table(["target", "decision", "why"], decisions, "not judged yet", "gate")}
 <h2>Deploys</h2>{table(["target", "result", "why", "at"], deploys, "nothing deployed", "deploys")}
+{rollouts}
 <h2>History</h2>{table(["at", "change", "by", "why"], history, "no history", "history")}"""
     return _document(f"run {run.run_id}", body)
 
@@ -417,6 +476,9 @@ def _unrouted_table(svc, now: dt.datetime) -> str:
     )
 
 
+NO_TARGETS = "<tr><td colspan=7 class=muted>no deploy target configured</td></tr>"
+
+
 def _pipeline_section(svc, pipeline, now: dt.datetime, link_query: str, sfx: str) -> str:
     e = html.escape
     metric = pipeline.gate.metric
@@ -428,7 +490,8 @@ def _pipeline_section(svc, pipeline, now: dt.datetime, link_query: str, sfx: str
     targets_rows = "".join(
         f"<tr><td>{e(t['name'])}</td><td>{e(t['kind'])}</td><td class=mono>{e(t['live_run'] or '—')}</td>"
         f"<td>{_num(t['metric']['value'])}</td><td>{e(_ago(t['since'], now))}</td>"
-        f"<td class=mono>{e(t['previous_run'] or '—')}</td></tr>"
+        f"<td class=mono>{e(t['previous_run'] or '—')}</td>"
+        f"<td class=rollout>{e(shown(rollout_text(t['rollout']))) or '—'}</td></tr>"
         for t in list_targets(svc, pipeline.name)
     )
     active_rows = "".join(
@@ -448,7 +511,7 @@ def _pipeline_section(svc, pipeline, now: dt.datetime, link_query: str, sfx: str
     return f"""<section id=pipeline{e(sfx)}>{heading}
 <{level}>Live on each target</{level}>
 <table id=targets{e(sfx)}><tr><th>target</th><th>kind</th><th>live run</th><th>{e(metric)}</th><th>since</th>
-<th>replaced</th></tr>{targets_rows or "<tr><td colspan=6 class=muted>no deploy target configured</td></tr>"}</table>
+<th>replaced</th><th>rollout</th></tr>{targets_rows or NO_TARGETS}</table>
 <{level}>Active runs</{level}>
 <table id=active{e(sfx)}><tr><th>run</th><th>status</th><th>training data</th><th>progress</th><th>started</th></tr>
 {active_rows or "<tr><td colspan=5 class=muted>nothing running</td></tr>"}</table>

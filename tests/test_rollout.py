@@ -279,3 +279,34 @@ def test_a_rollback_command_moves_traffic_back_to_the_previous_deployment_and_ve
     assert endpoint_state(fresh_emulator)["traffic"] == {state.rollout["deployment"]: 100}
     assert state.live_model == first.model["id"] and state.previous_run == previous.live_run
     assert len(requests_to(fresh_emulator, "v2.online.deployment.put")) == puts_before  # instant: nothing created
+
+
+def test_operators_see_the_rollout_stage_maps_kept_deployments_and_probes(world, fresh_emulator, tmp_path, capsys):
+    from shared import cli, status
+    from tests.test_cli import settings_file
+
+    env, host, svc = world()
+    for month, data in (("11", GOOD), ("12", ALSO_GOOD)):
+        put_blob(env, f"census/2026-{month}.csv", data)
+        host.scan_blobs()
+        run, doc, _ = roll(host, svc, fresh_emulator, f"census/2026-{month}.csv")
+    [view] = status.list_targets(svc)
+    assert view["rollout"]["outcome"] == "Promoted" and view["rollout"]["traffic"] == {doc["deployment"]: 100}
+    assert sorted(view["rollout"]["kept"]) == sorted([doc["deployment"], doc["replacing"]])
+    assert [p["stage"] for p in view["rollout"]["probes"]] == ["probe", "shadow", "canary"]
+    line = status.rollout_text(view["rollout"])
+    assert line.startswith(f"Promoted ({run.run_id}) · traffic {doc['deployment']} 100%") and "probe 0/5 errors" in line
+    page = status.run_page_html(svc, run.run_id)
+    assert "Rollout on census-online" in page and "id=probes-census-online" in page and "canary" in page
+    path = settings_file(tmp_path, env)
+    capsys.readouterr()
+    assert cli.main(["targets", "--settings", path]) == 0
+    assert "Promoted" in capsys.readouterr().out
+    assert cli.main(["tail", run.run_id, "--settings", path, "--interval", "0.05"]) == 0
+    followed = capsys.readouterr().out
+    for stage in ("create", "probe", "shadow", "canary", "promote", "retire", "Promoted"):
+        assert f"census-online: {stage}" in followed
+    # the endpoint's scoring key was used for the probes, and is nowhere in what was recorded
+    deployer = svc.deployer(svc.settings.target("census-online"))
+    secret = deployer.scoring_credential(deployer.endpoint())
+    assert len(secret) > 20 and secret not in json.dumps(list(svc.targets.table.query_entities("")), default=str)
