@@ -25,11 +25,11 @@ log = logging.getLogger(__name__)
 TARGET_LEASE = dt.timedelta(minutes=15)
 DEPLOYED, SKIPPED, FAILED, RETRYING = "Deployed", "Skipped", "Failed", "Retrying"
 # A staged target (``shared/rollout.py``): rolling out over poll ticks, then rolled back (live model unchanged).
-ROLLING_OUT, ROLLED_BACK = "RollingOut", "RolledBack"
+ROLLING_OUT, ROLLED_BACK, QUEUED = "RollingOut", "RolledBack", "Queued"
 # Manual approval, per target: waiting, then a person's decision, an expiry or a newer run's approval.
 AWAITING, REFUSED, EXPIRED, SUPERSEDED = "AwaitingApproval", "RefusedByApprover", "ApprovalExpired", "Superseded"
 DONE = (DEPLOYED, SKIPPED, FAILED, REFUSED, EXPIRED, SUPERSEDED, ROLLED_BACK)  # a target's ends on a run
-PENDING = (AWAITING, ROLLING_OUT)  # not ended, and not for a redelivered command to start again
+PENDING = (AWAITING, ROLLING_OUT, QUEUED)  # not ended, and not for a redelivered command to start again
 
 
 class DeployError(ServiceError):
@@ -56,13 +56,13 @@ class Deployer(Protocol):
 
 @dataclass(frozen=True)
 class PutResult:
-    action: str  # deployed | already-live | skipped | rolling-out
+    action: str  # deployed | already-live | skipped | rolling-out | queued
     reason: str
 
     @property
     def status(self) -> str:
         """The run's record of this target: Skipped, RollingOut (a staged rollout begun) or Deployed."""
-        return {"skipped": SKIPPED, "rolling-out": ROLLING_OUT}.get(self.action, DEPLOYED)
+        return {"skipped": SKIPPED, "rolling-out": ROLLING_OUT, "queued": QUEUED}.get(self.action, DEPLOYED)
 
 
 def put_live(svc, target: Target, run: Run, *, actor: str, kind: str = "deploy") -> PutResult:

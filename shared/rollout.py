@@ -84,6 +84,9 @@ def begin(svc, target, run: Run, *, actor: str, kind: str):
             operation=kind,
             code="NoRegisteredModel",
         )
+    queued = queue_behind(svc, target, run, actor) if kind == "deploy" else None
+    if queued is not None:
+        return queued
     claimed = deploy.claim(svc, target, run, kind)
     if isinstance(claimed, deploy.PutResult):
         return claimed
@@ -154,6 +157,63 @@ def begin(svc, target, run: Run, *, actor: str, kind: str):
     )
 
 
+def queue_behind(svc, target, run: Run, actor: str):
+    """While another run's rollout holds the target, a newer approved run waits for it (``Queued``),
+    replacing an older one waiting there (``Superseded``); it starts when that rollout ends. An older
+    run than the one waiting is superseded at once. ``None``: nothing is rolling out, go ahead."""
+    from shared import deploy
+
+    outcome: list = []
+
+    def attempt() -> None:
+        outcome.clear()
+        state = svc.targets.get(target.name)
+        if not is_active(state) or state.rollout.get("run") == run.run_id:
+            return
+        waiting = svc.store.get(run.pipeline, state.queued_run) if state.queued_run else None
+        if waiting is not None and waiting.run_id != run.run_id and waiting.order_key > run.order_key:
+            outcome.append(deploy.PutResult("skipped", f"newer data's model (run {waiting.run_id}) is queued"))
+            return
+        outcome.append(deploy.PutResult("queued", f"queued behind the rollout of run {state.rollout['run']}"))
+        outcome.append(waiting.run_id if waiting is not None and waiting.run_id != run.run_id else None)
+        state.queued_run = run.run_id
+        svc.targets.save(state)
+
+    retry_on_conflict(attempt, f"target {target.name}")
+    if len(outcome) == 2 and outcome[1]:
+        older = svc.store.get(run.pipeline, outcome[1])
+        if older is not None and older.targets.get(target.name, {}).get("status") == deploy.QUEUED:
+            result = {"status": deploy.SUPERSEDED, "reason": f"superseded by run {run.run_id} while queued"}
+            deploy.record_targets(svc, older, {target.name: result}, list(older.targets), actor)
+    return outcome[0] if outcome else None
+
+
+def start_queued(svc, target, state: TargetState, actor: str) -> str:
+    """The run waiting for a rollout that has ended starts its own (its deploy recorded on the run)."""
+    from shared import deploy
+
+    def attempt() -> str | None:
+        current = svc.targets.get(target.name)
+        if is_active(current) or not current.queued_run:
+            return None
+        queued, current.queued_run = current.queued_run, None
+        svc.targets.save(current)
+        return queued
+
+    run_id = retry_on_conflict(attempt, f"target {target.name}")
+    owner = svc.settings.pipeline_of_target(target.name)
+    run = svc.store.get(owner.name, run_id) if run_id and owner else None
+    if run is None or run.targets.get(target.name, {}).get("status") != deploy.QUEUED:
+        return "nothing queued"
+    try:
+        outcome = deploy.put_live(svc, target, run, actor=actor)
+        result = {"status": outcome.status, "reason": outcome.reason}
+    except ServiceError as exc:
+        result = {"status": deploy.FAILED, "reason": str(exc), "error": exc.as_record()}
+    deploy.record_targets(svc, run, {target.name: result}, list(run.targets), actor)
+    return f"started queued run {run.run_id}: {result['status']}"
+
+
 def _state(resource: dict | None) -> str | None:
     return ci_get(ci_get(resource, "properties"), "provisioningState") if resource else None
 
@@ -177,10 +237,13 @@ def advance_all(svc, *, actor: str, now: dt.datetime | None = None) -> list[str]
     done = []
     for state in svc.targets.recorded():
         target = staged.get(state.name)
-        if target is None or not is_active(state):
+        if target is None or not (is_active(state) or state.queued_run):
             continue
-        with telemetry.bind(target=target.name, run_id=state.rollout.get("run")):
+        with telemetry.bind(target=target.name, run_id=(state.rollout or {}).get("run")):
             try:
+                if not is_active(state):  # a rollout ended: the run queued behind it starts its own
+                    done.append(f"{target.name}: {start_queued(svc, target, state, actor)}")
+                    continue
                 done.append(f"{target.name}: {advance(svc, target, state, actor=actor, now=now or utcnow())}")
             except Exception:
                 log.exception("target %s: the rollout step failed; the next tick tries again", target.name)

@@ -475,6 +475,7 @@ class TargetState:
     awaiting_run: str | None = None  # a run waiting for a person's approval here (manual approval)
     awaiting_until: dt.datetime | None = None  # when that approval expires
     rollout: dict | None = None  # a staged target's rollout: in progress, or the last one (shared/rollout.py)
+    queued_run: str | None = None  # the newest approved run waiting for that rollout to end
     etag: str | None = None
     written_at: dt.datetime | None = None  # server Timestamp of the version read (caps a skewed lease)
 
@@ -494,6 +495,7 @@ class TargetState:
             "awaiting_run": self.awaiting_run,
             "awaiting_until": self.awaiting_until,
             "rollout": json.dumps(self.rollout, sort_keys=True) if self.rollout is not None else None,
+            "queued_run": self.queued_run,
         }
 
     @classmethod
@@ -512,6 +514,7 @@ class TargetState:
             awaiting_run=entity.get("awaiting_run"),
             awaiting_until=entity.get("awaiting_until"),
             rollout=json.loads(entity["rollout"]) if entity.get("rollout") else None,
+            queued_run=entity.get("queued_run"),
             etag=entity.metadata["etag"],
             written_at=written_at(entity),
         )

@@ -310,3 +310,42 @@ def test_operators_see_the_rollout_stage_maps_kept_deployments_and_probes(world,
     deployer = svc.deployer(svc.settings.target("census-online"))
     secret = deployer.scoring_credential(deployer.endpoint())
     assert len(secret) > 20 and secret not in json.dumps(list(svc.targets.table.query_entities("")), default=str)
+
+
+def test_a_newer_model_waits_for_the_rollout_in_progress_and_the_newest_waiting_one_goes_next(world, fresh_emulator):
+    env, host, svc = world(rollout={**FAST, "bake_minutes": 0.1})  # each canary bakes 6 s
+    put_blob(env, "census/2026-09.csv", GOOD)
+    host.scan_blobs()
+    roll(host, svc, fresh_emulator, "census/2026-09.csv")  # a first deploy: no canary, no bake
+
+    def tick_until(blob: str, status: str, timeout: float = 40) -> R.Run:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            host.fire_timer("poll_runs")
+            host.pump_queues()
+            run = next((r for r in svc.store.list_runs("census") if r.blob_name == blob), None)
+            if run is not None and run.targets.get("census-online", {}).get("status") == status:
+                return run
+            time.sleep(0.05)
+        raise AssertionError(
+            f"{blob} never {status}: {[(r.blob_name, r.status, r.targets) for r in svc.store.list_runs('census')]}"
+        )
+
+    put_blob(env, "census/2026-10.csv", ALSO_GOOD)
+    host.scan_blobs()
+    baking = tick_until("census/2026-10.csv", deploy.ROLLING_OUT)
+    put_blob(env, "census/2026-11.csv", GOOD)
+    host.scan_blobs()
+    third = tick_until("census/2026-11.csv", deploy.QUEUED)
+    assert "queued behind the rollout of run " + baking.run_id in third.targets["census-online"]["reason"]
+    assert svc.targets.get("census-online").rollout["run"] == baking.run_id  # the rollout in progress goes on
+    put_blob(env, "census/2026-12.csv", ALSO_GOOD)
+    host.scan_blobs()
+    fourth = tick_until("census/2026-12.csv", deploy.QUEUED)
+    third = svc.store.get("census", third.run_id)
+    assert third.targets["census-online"]["status"] == deploy.SUPERSEDED
+    assert tick_until("census/2026-10.csv", deploy.DEPLOYED).status == R.DEPLOYED
+    fourth = tick_until("census/2026-12.csv", deploy.DEPLOYED)
+    state = svc.targets.get("census-online")
+    assert state.live_run == fourth.run_id and state.previous_run == baking.run_id and state.queued_run is None
+    assert svc.store.get("census", third.run_id).status != R.DEPLOYING  # it ended, never deployed
