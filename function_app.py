@@ -75,6 +75,18 @@ def run_command(msg: func.QueueMessage, context: func.Context) -> None:
     log.info("command %s (delivery %s): %s", msg.id, msg.dequeue_count, result)
 
 
+@app.function_name("nudge_on_ml_event")
+@app.event_grid_trigger(arg_name="event")
+def nudge_on_ml_event(event: func.EventGridEvent, context: func.Context) -> None:
+    """An Azure ML workspace's RunCompleted/RunStatusChanged event: check that job's run now (the timer
+    poll stays the source of truth; duplicates, late and unknown events change nothing)."""
+    from shared import mlevents
+
+    body = mlevents.from_binding(event)
+    result = mlevents.nudge(workflow.get_services(), body, actor=f"eventgrid/{context.invocation_id}")
+    log.info("event %s (%s): %s", body.get("id"), body.get("eventType"), result)
+
+
 def _scheduled(function_name: str, pipeline: str | None, schedule: str) -> None:
     """A timer that retrains ``pipeline`` on its newest training data (the same path as uploads)."""
 

@@ -131,6 +131,15 @@ module mlWorkspaceRole 'app/ml-workspace-role.bicep' = if (!empty(mlWorkspaceId)
   }
 }
 
+module mlEvents 'app/ml-events.bicep' = if (!empty(mlWorkspaceId)) {
+  name: 'ml-events'
+  scope: resourceGroup(mlWorkspace[2], mlWorkspace[4])
+  params: {
+    workspaceName: last(mlWorkspace)
+    tags: tags
+  }
+}
+
 module eventsTopic 'app/events-topic.bicep' = if (notificationsTopic) {
   name: 'events-topic'
   scope: rg
@@ -170,3 +179,5 @@ output AZURE_FUNCTION_APP_NAME string = app.outputs.name
 output AZURE_STORAGE_ACCOUNT_NAME string = storage.outputs.name
 output AZURE_KEY_VAULT_NAME string = vault.outputs.name
 output TRAINING_CONTAINER string = 'training-data'
+output ML_EVENTS_TOPIC string = empty(mlWorkspaceId) ? '' : mlEvents.outputs.name
+output ML_WORKSPACE_RESOURCE_GROUP string = empty(mlWorkspaceId) ? '' : mlWorkspace[4]

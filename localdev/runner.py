@@ -31,6 +31,7 @@ from azure.storage.blob import BlobServiceClient
 log = logging.getLogger("localdev.runner")
 ROOT = Path(__file__).resolve().parent.parent
 _EXPRESSION = re.compile(r"%([^%]+)%")
+VALIDATION_EVENT = "Microsoft.EventGrid.SubscriptionValidationEvent"
 
 
 def index(app: Any) -> list[Any]:
@@ -208,7 +209,22 @@ class LocalHost:
                 parts = urlsplit(self.path)
                 params = dict(parse_qsl(parts.query))
                 status, headers, body = 404, {"Content-Type": "text/plain"}, b"Not Found"
-                for pattern, name, function, trigger in routes:
+                if parts.path == "/runtime/webhooks/eventgrid":
+                    key = params.get("code") or self.headers.get("x-functions-key") or ""
+                    length = int(self.headers.get("Content-Length") or 0)
+                    payload = self.rfile.read(length) if length else b""
+                    if self.command == "OPTIONS":  # the CloudEvents webhook handshake
+                        status, headers, body = 200, {"WebHook-Allowed-Origin": "eventgrid.azure.net"}, b""
+                    elif self.command != "POST":
+                        status, body = 405, b"Method Not Allowed"
+                    elif not hmac.compare_digest(key, function_key):
+                        status, body = 401, b""
+                    else:
+                        status, headers, body = local._webhook(params, self.headers, payload)
+                    routes_to_try = []
+                else:
+                    routes_to_try = routes
+                for pattern, name, function, trigger in routes_to_try:
                     match = pattern.fullmatch(parts.path)
                     if not match:
                         continue
@@ -239,7 +255,7 @@ class LocalHost:
                 self.end_headers()
                 self.wfile.write(body)
 
-            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _serve
+            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = _serve
 
             def log_message(self, fmt: str, *args: Any) -> None:
                 log.debug(fmt, *args)
@@ -298,6 +314,42 @@ class LocalHost:
         function = self.functions[name]
         trigger = json.loads(function.get_function_json())["bindings"][0]
         return self._invoke(name, function, "timerTrigger", {trigger["name"]: TimerRequest(past_due=past_due)})
+
+    # --- Event Grid ----------------------------------------------------------------------------------
+
+    def post_event(self, event: dict, function_name: str | None = None) -> list[Invocation]:
+        """Deliver one Event Grid event (either schema) to the Event Grid-triggered functions (or the one
+        named), decoded by the library's own converter as the host's binding does."""
+        from azure.functions import meta
+        from azure.functions.eventgrid import EventGridEventInConverter
+
+        decoded = EventGridEventInConverter.decode(meta.Datum(json.dumps(event), "json"), trigger_metadata=None)
+        return [
+            self._invoke(name, function, "eventGridTrigger", {trigger["name"]: decoded})
+            for name, function, trigger in self._bindings("eventGridTrigger")
+            if function_name in (None, name)
+        ]
+
+    def _webhook(self, params: dict, headers, body: bytes) -> tuple[int, dict, bytes]:
+        """``POST /runtime/webhooks/eventgrid?functionName=<f>``, as Event Grid delivers to a function:
+        a JSON array of events or one CloudEvent; the Event Grid schema's subscription validation is
+        answered with its code. Every event of the batch is delivered; a failed one makes it a 500."""
+        try:
+            payload = json.loads(body or b"null")
+        except ValueError:
+            return 400, {"Content-Type": "text/plain"}, b"not JSON"
+        events = payload if isinstance(payload, list) else [payload]
+        if not all(isinstance(e, dict) for e in events) or not events:
+            return 400, {"Content-Type": "text/plain"}, b"expected an event or an array of events"
+        validation = next((e for e in events if e.get("eventType") == VALIDATION_EVENT), None)
+        if validation is not None:
+            answer = {"validationResponse": (validation.get("data") or {}).get("validationCode")}
+            return 200, {"Content-Type": "application/json"}, json.dumps(answer).encode()
+        name = params.get("functionName", "").removeprefix("Host.Functions.")
+        if name not in {n for n, _, _ in self._bindings("eventGridTrigger")}:
+            return 404, {"Content-Type": "text/plain"}, b"no such Event Grid function"
+        failed = [i for e in events for i in self.post_event(e, name) if not i.ok]
+        return (500 if failed else 202), {"Content-Type": "text/plain"}, b""
 
     # --- queues ------------------------------------------------------------------------------------
 

@@ -87,6 +87,12 @@ def guide(base: str, key: str, settings_file: Path, host: bool) -> str:
     lines = ["", f"Settings written to {settings_file} (the CLI, func start and Storage Explorer can use it)."]
     if host:
         lines += [f"Status page: {base}/api/status?code={key}", f"Status API:  {base}/api/runs?code={key}"]
+        webhook = f"{base}/runtime/webhooks/eventgrid?functionName=nudge_on_ml_event&code={key}"
+        lines += [
+            "Azure ML events (Event Grid's webhook; a sample CloudEvent from the spec):",
+            f"  curl -X POST '{webhook}' -H 'Content-Type: application/cloudevents+json' "
+            "-d @emulator/data/eventgrid/run_status_changed.cloudevent.json",
+        ]
     else:
         lines += ["The app's functions are not running (--no-host): start them with `func start`."]
     steps = [

@@ -18,3 +18,14 @@ az eventgrid system-topic event-subscription create -g "$AZURE_RESOURCE_GROUP" -
    --included-event-types Microsoft.Storage.BlobCreated \
    --subject-begins-with "/blobServices/default/containers/$container/"
 echo "Event Grid subscription retrain-on-upload -> $AZURE_FUNCTION_APP_NAME ($container)"
+
+# With a v2 workspace: its RunCompleted/RunStatusChanged events nudge the poll (Bicep made the topic).
+if [ -n "${ML_EVENTS_TOPIC:-}" ]; then
+  app_id=$(az functionapp show -g "$AZURE_RESOURCE_GROUP" -n "$AZURE_FUNCTION_APP_NAME" --query id -o tsv)
+  az eventgrid system-topic event-subscription create -g "${ML_WORKSPACE_RESOURCE_GROUP:?}" \
+     --system-topic-name "$ML_EVENTS_TOPIC" -n nudge-on-ml-event --endpoint-type azurefunction \
+     --endpoint "$app_id/functions/nudge_on_ml_event" --event-delivery-schema cloudeventschemav1_0 \
+     --included-event-types Microsoft.MachineLearningServices.RunCompleted \
+                            Microsoft.MachineLearningServices.RunStatusChanged
+  echo "Event Grid subscription nudge-on-ml-event -> $AZURE_FUNCTION_APP_NAME ($ML_EVENTS_TOPIC)"
+fi

@@ -147,3 +147,19 @@ def test_azure_yaml_deploys_this_folder_with_the_post_deploy_hook():
     assert spec["services"]["app"] == {"project": ".", "language": "python", "host": "function"}
     hook = ROOT / spec["hooks"]["postdeploy"]["posix"]["run"]
     assert hook.exists() and hook.stat().st_mode & 0o111
+
+
+def test_the_workspace_events_reach_the_nudge_function_as_cloudevents_of_the_two_run_types():
+    topic = (INFRA / "app" / "ml-events.bicep").read_text()
+    assert "topicType: 'Microsoft.MachineLearningServices.Workspaces'" in topic and "source: workspace.id" in topic
+    main = (INFRA / "main.bicep").read_text()
+    assert "module mlEvents 'app/ml-events.bicep' = if (!empty(mlWorkspaceId))" in main
+    script = (ROOT / "scripts" / "post-up.sh").read_text()
+    assert '--endpoint "$app_id/functions/nudge_on_ml_event"' in script
+    assert "--event-delivery-schema cloudeventschemav1_0" in script
+    for kind in ("RunCompleted", "RunStatusChanged"):
+        assert f"Microsoft.MachineLearningServices.{kind}" in script
+    import function_app
+    from localdev.runner import index
+
+    assert "nudge_on_ml_event" in {f.get_function_name() for f in index(function_app.app)}
