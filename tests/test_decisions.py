@@ -87,3 +87,67 @@ def test_data_older_than_the_active_run_or_the_waiter_is_superseded():
 def test_a_run_already_in_the_slot_or_waiting_changes_nothing():
     assert admit(active="new", active_key="2") == D.Admission(D.ACTIVE)
     assert admit(active="a", active_key="1", waiting="new", waiting_key="2") == D.Admission(D.WAITING)
+
+
+# --- staged rollouts ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("traffic", "share", "expected"),
+    [
+        ({"blue": 100}, 10, {"blue": 90, "green": 10}),
+        ({"a": 50, "b": 50}, 25, {"a": 38, "b": 37, "green": 25}),  # largest remainder, then name
+        ({"a": 70, "b": 30}, 33, {"a": 47, "b": 20, "green": 33}),
+        ({"a": 99, "b": 1}, 50, {"a": 50, "green": 50}),  # a share that rounds to 0 is dropped
+        ({}, 10, {"green": 100}),  # nothing live: nothing to split with
+        ({"blue": 0}, 10, {"green": 100}),
+    ],
+)
+def test_a_canary_share_leaves_the_rest_in_proportion_and_sums_to_exactly_100(traffic, share, expected):
+    result = D.split(traffic, "green", share)
+    assert result == expected and sum(result.values()) == 100
+
+
+def test_each_stage_sets_the_maps_it_should_and_never_both_on_one_deployment():
+    previous = {"traffic": {"blue": 100}, "mirror": {"old": 5}}
+    assert D.stage_maps("shadow", previous, "green", 20, 10) == ({"blue": 100}, {"green": 20})
+    assert D.stage_maps("canary", previous, "green", 20, 10) == ({"blue": 90, "green": 10}, {})
+    assert D.stage_maps("promote", previous, "green", 20, 10) == ({"green": 100}, {})
+    assert D.stage_maps("rollback", previous, "green", 20, 10) == ({"blue": 100}, {"old": 5})
+    with pytest.raises(ValueError, match="does not change traffic"):
+        D.stage_maps("probe", previous, "green", 20, 10)
+
+
+@pytest.mark.parametrize(
+    ("stage", "kind", "has_live", "mirror", "canary", "expected"),
+    [
+        ("create", "deploy", True, 20, 10, "probe"),
+        ("probe", "deploy", True, 20, 10, "shadow"),
+        ("probe", "deploy", True, 0, 10, "canary"),
+        ("probe", "deploy", True, 0, 0, "promote"),
+        ("shadow", "deploy", True, 20, 0, "promote"),
+        ("probe", "deploy", False, 20, 10, "promote"),  # a first deploy: all traffic once healthy
+        ("promote", "deploy", True, 20, 10, "retire"),
+        ("retire", "deploy", True, 20, 10, "done"),
+        ("create", "rollback", True, 20, 10, "promote"),  # back to a running deployment: no probing stages
+        ("create", "forced deploy", True, 0, 10, "probe"),
+    ],
+)
+def test_the_stage_after_each_stage(stage, kind, has_live, mirror, canary, expected):
+    assert D.after(stage, kind=kind, has_live=has_live, mirror_percent=mirror, canary_percent=canary) == expected
+
+
+def test_the_live_deployment_and_the_probe_verdict():
+    assert D.live_deployment({"a": 40, "b": 60}) == "b" and D.live_deployment({"b": 50, "a": 50}) == "a"
+    assert D.live_deployment({}) is None and D.live_deployment({"a": 0}) is None
+    assert D.probe_verdict(0, 20, 0.0) == (0.0, True) and D.probe_verdict(1, 20, 0.0) == (0.05, False)
+    assert D.probe_verdict(2, 20, 0.1) == (0.1, True) and D.probe_verdict(0, 0, 0.0) == (0.0, True)
+
+
+def test_retire_deletes_the_oldest_beyond_keep_never_a_protected_one():
+    deployments = [("a", "2026-01"), ("b", "2026-02"), ("c", "2026-03"), ("d", "2026-04")]
+    assert D.retire(deployments, 2, {"d", "c"}) == ["a", "b"]
+    assert D.retire(deployments, 2, {"d", "A"}) == ["b", "c"]  # names compared case-insensitively
+    assert D.retire(deployments, 3, {"d", "c"}) == ["a"]
+    assert D.retire(deployments, 4, set()) == [] and D.retire(deployments[:2], 2, set()) == []
+    assert D.retire(deployments, 2, {"a", "b", "c", "d"}) == []  # fewer than keep is better than a wrong delete

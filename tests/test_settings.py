@@ -445,3 +445,61 @@ def test_an_azureml_trainer_is_parsed_exactly_with_its_defaults():
 def test_an_azureml_trainer_problem_names_the_pipeline_and_the_field(trainer, expected):
     with pytest.raises(SettingsError, match=re.escape(f"pipeline 'census' {expected}")):
         Settings.from_env(pipelines_env([v2(**trainer)]))
+
+
+ONLINE = {"name": "online", "kind": "azureml-online", "endpoint": f"{WORKSPACE}/onlineEndpoints/census-online"}
+JOB_FIELDS = {"job": {"command": "python train.py", "environmentId": "azureml:env:1"}}
+
+
+def online_env(target: dict, trainer: dict | None = None, **fields):
+    import json
+
+    census = {**v2(**(trainer or JOB_FIELDS)), "targets": ["online"], **fields}
+    env = pipelines_env([census])
+    return {**env, "DEPLOY_TARGETS": json.dumps([target])}
+
+
+def test_an_online_endpoint_target_is_parsed_exactly_with_its_defaults():
+    [target] = Settings.from_env(online_env(ONLINE)).targets
+    assert (target.kind, target.endpoint, target.keep_deployments, target.api_version) == (
+        "azureml-online", ONLINE["endpoint"], 2, "2025-12-01",
+    )  # fmt: skip
+    r = target.rollout
+    assert (r.mirror_percent, r.mirror_minutes, r.canary_percent, r.bake_minutes, r.probe_rows) == (0, 0, 10, 10, 20)
+    assert r.max_probe_error_rate == 0.0 and target.workspace == WORKSPACE and target.staged
+    custom = {**ONLINE, "rollout": {"mirror_percent": 50, "bake_minutes": 0.5, "max_probe_error_rate": 0.1}}
+    [target] = Settings.from_env(online_env(custom)).targets
+    assert (target.rollout.mirror_percent, target.rollout.bake_minutes, target.rollout.canary_percent) == (50, 0.5, 10)
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ({"extra": 1}, "has unknown field(s) extra"),
+        ({"endpoint": f"{WORKSPACE}/batchEndpoints/x"}, "endpoint: must be an online endpoint's ARM id"),
+        ({"rollout": {"mirror_percent": 51}}, "rollout mirror_percent: must be a whole number from 0 to 50"),
+        ({"rollout": {"canary_percent": 100}}, "rollout canary_percent: must be a whole number from 0 to 99"),
+        ({"rollout": {"canary_percent": 10.5}}, "rollout canary_percent: must be a whole number"),
+        ({"rollout": {"bake_minutes": -1}}, "rollout bake_minutes: must be a number from 0 to 1440"),
+        ({"rollout": {"probe_rows": True}}, "rollout probe_rows: must be a whole number"),
+        ({"rollout": {"max_probe_error_rate": 2}}, "rollout max_probe_error_rate: must be a number from 0 to 1"),
+        ({"rollout": {"shadow": 1}}, "rollout: has unknown field(s) shadow"),
+        ({"rollout": []}, "rollout: must be an object"),
+        ({"keep_deployments": 1}, "keep_deployments: must be a whole number from 2 to 20"),
+        ({"management_url": "https://evil.example.com"}, "management_url"),
+    ],
+)
+def test_an_online_target_problem_names_the_target_and_the_field(fields, expected):
+    with pytest.raises(SettingsError, match=re.escape(expected)):
+        Settings.from_env(online_env({**ONLINE, **fields}))
+
+
+def test_an_online_target_serves_only_an_azureml_trainers_models_of_its_own_workspace():
+    other = WORKSPACE.replace("autopilot-ws", "other-ws")
+    with pytest.raises(SettingsError, match=r"is in workspace .*other-ws, the trainer registers in .*autopilot-ws"):
+        Settings.from_env(online_env({**ONLINE, "endpoint": f"{other}/onlineEndpoints/census-online"}))
+    import json
+
+    env = pipelines_env([pipeline(targets=["online"])])  # a BES pipeline
+    with pytest.raises(SettingsError, match="'online' is an azureml-online target: it serves models an azureml"):
+        Settings.from_env({**env, "DEPLOY_TARGETS": json.dumps([ONLINE])})
