@@ -85,6 +85,12 @@ def demo(argv: list[str] | None) -> int:
         action="store_true",
         help="pre-flight checks, a manual approval on the ARM web service, and the notifications they send",
     )
+    parser.add_argument(
+        "--rollout",
+        action="store_true",
+        help="an Azure ML v2 pipeline's models rolled out to a managed online endpoint through shadow and "
+        "canary, and a degraded one rolled back automatically",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
     # azure-functions warns that auth levels apply only to HTTP functions; true and irrelevant here.
@@ -119,6 +125,8 @@ def demo(argv: list[str] | None) -> int:
         if args.governance:
             settings.update(governance_settings(emulator, targets))
             os.environ.update(settings)  # before the app is imported: it registers the events trigger then
+        if args.rollout:
+            settings = rollout_settings(emulator, settings)
         say(f"  Azurite blob endpoint  http://127.0.0.1:{azurite.blob_port}/devstoreaccount1")
         say(f"  BES jobs URL           {info['bes_jobs_url']}")
         say(f"  deploy targets         classic endpoint 'retrain', ARM web service {info['arm_resource_id']}")
@@ -140,6 +148,10 @@ def demo(argv: list[str] | None) -> int:
             return 0 if ok else 1
         if args.governance:
             ok = governance_story(svc, host, emulator, args.timeout)
+            keep_open(args, host, base, function_key)
+            return 0 if ok else 1
+        if args.rollout:
+            ok = rollout_story(svc, host, emulator, args.timeout)
             keep_open(args, host, base, function_key)
             return 0 if ok else 1
         before = scores(emulator, api_key)
@@ -261,6 +273,122 @@ def keep_open(args, host, base: str, function_key: str) -> None:
             while True:
                 host.scan_blobs() + host.tick_timers() + host.pump_queues()
                 time.sleep(1)
+
+
+def rollout_settings(emulator: EmulatorProcess, settings: dict) -> dict:
+    """One Azure ML v2 pipeline (Command jobs, models registered as ``census``) whose target is the
+    emulator's managed online endpoint: 20% mirrored, then a 25% canary baked for 6 s, probed with 10 rows."""
+    workspace = emulator.info["v2_workspace"]
+    emulator.admin("POST", "v2/datastores", {"name": "autopilot_training", "container": "training-data"})
+    trainer = {
+        "kind": "azureml",
+        "workspace": workspace,
+        "datastore": "autopilot_training",
+        "model_name": "census",
+        "management_url": emulator.url,
+        "job": {"command": "python train.py", "environmentId": "azureml:sklearn:1", "computeId": "cpu"},
+    }
+    target = {
+        "name": "census-online",
+        "kind": "azureml-online",
+        "endpoint": f"{workspace}/onlineEndpoints/{emulator.info['v2_online_endpoint']}",
+        "management_url": emulator.url,
+        "rollout": {
+            "mirror_percent": 20,
+            "mirror_minutes": 0.1,
+            "canary_percent": 25,
+            "bake_minutes": 0.1,
+            "probe_rows": 10,
+            "max_probe_error_rate": 0.0,
+        },
+        "keep_deployments": 2,
+    }
+    pipeline = {
+        "name": "census",
+        "blob_prefix": "census/",
+        "trainer": trainer,
+        "targets": ["census-online"],
+        "gate": {"metric": "AUC", "min": 0.6, "min_improvement": -0.05},
+    }
+    say(f"  online endpoint        {target['endpoint']}")
+    say("  rollout                20% mirrored for 6 s, then a 25% canary baked 6 s, 10 rows probed each tick")
+    flat = {k: v for k, v in settings.items() if k not in ("BES_JOBS_URL", "BES_API_KEY", "GATE_METRIC", "GATE_MIN")}
+    return {
+        **flat,
+        "PIPELINES": json.dumps([pipeline]),
+        "DEPLOY_TARGETS": json.dumps([target]),
+        "POLL_SCHEDULE": "*/1 * * * * *",
+    }
+
+
+def rollout_story(svc, host, emulator: EmulatorProcess, timeout: float) -> bool:
+    """A first model gets the endpoint's traffic; the next goes through shadow and canary to 100%; a
+    degraded one (healthy alone, failing under live traffic) is rolled back with the live model kept."""
+    from emulator.sample_data import generate
+
+    shown: dict[str, int] = {}
+
+    def endpoint() -> dict:
+        return next(e for e in emulator.admin("GET", "v2/online") if e["endpoint"] == "census-online")
+
+    def shares(weights: dict) -> str:
+        return " / ".join(f"{name} {share}%" for name, share in sorted(weights.items())) or "none"
+
+    def upload_and_roll(name: str, data: bytes):
+        say(f"\nUploading {name} ...")
+        svc.storage.blobs.get_blob_client("training-data", name).upload_blob(data, overwrite=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for invocation in host.scan_blobs() + host.tick_timers() + host.pump_queues():
+                if not invocation.ok:
+                    say(fit(f"  [host] {invocation.function} failed: {invocation.error}"))
+            run = next((r for r in svc.store.list_runs("census") if r.blob_name == name), None)
+            state = svc.targets.get("census-online")
+            doc = state.rollout or {}
+            if run is not None and doc.get("run") == run.run_id:
+                for stage in doc["stages"][shown.get(run.run_id, 0) :]:  # the maps the stage sets
+                    mirror = f", mirror {shares(doc['mirror'])}" if doc.get("mirror") else ""
+                    probe = doc["probes"][-1] if doc.get("probes") else None
+                    checked = f"; last probe {probe['errors']}/{probe['rows']} errors" if probe else ""
+                    say(fit(f"  {stage['stage']:<10} traffic {shares(doc['traffic'])}{mirror}{checked}"))
+                shown[run.run_id] = len(doc["stages"])
+            if run is not None and run.ended:
+                return run, svc.targets.get("census-online")
+            time.sleep(0.2)
+        raise TimeoutError(f"the run for {name} did not end within {timeout:.0f}s")
+
+    first, _ = upload_and_roll("census/2026-10.csv", generate(700, seed=31, label_noise=0.1).encode())
+    say(f"  run {first.run_id}: {first.status} (a first deploy: nothing live to mirror or split with)")
+    second, after_second = upload_and_roll("census/2026-11.csv", generate(700, seed=32, label_noise=0.1).encode())
+    say(f"  run {second.run_id}: {second.status}; kept {', '.join(after_second.rollout['kept'])}")
+    emulator.admin("POST", "faults", {"route": "v2.online.degrade", "fail": "CUDA out of memory", "path": "ap-"})
+    say("\n(The emulator now degrades every new deployment once it has live traffic.)")
+    third, after_third = upload_and_roll("census/2026-12.csv", generate(700, seed=33, label_noise=0.1).encode())
+    rollout = after_third.rollout
+    say(fit(f"  run {third.run_id}: {third.status}; {third.targets['census-online']['status']}: {rollout['reason']}"))
+    final = endpoint()
+    say("\nThe endpoint now:")
+    table(
+        [
+            [name, str(final["traffic"].get(name, 0)), d["state"], d["model"].rsplit("/", 1)[-1], str(d["failed"])]
+            for name, d in sorted(final["deployments"].items())
+        ],
+        ["deployment", "traffic %", "state", "model version", "failed requests"],
+    )
+    kept = after_third.live_run == second.run_id and final["traffic"] == {after_second.rollout["deployment"]: 100}
+    ok = first.status == "Deployed" and second.status == "Deployed" and third.status == "Failed" and kept
+    shadowed = any(s["stage"] == "shadow" for s in after_second.rollout["stages"])
+    say(
+        "\n"
+        + (
+            f"OK: run {second.run_id}'s model reached all traffic through shadow and canary"
+            f"{'' if shadowed else ' (no shadow?)'}; the degraded model was rolled back at the canary, "
+            f"and {second.run_id}'s model is still live."
+            if ok and shadowed
+            else "UNEXPECTED: see above."
+        )
+    )
+    return ok and shadowed
 
 
 def governance_settings(emulator: EmulatorProcess, targets: list[dict]) -> dict:

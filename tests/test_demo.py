@@ -9,7 +9,9 @@ from localdev.services import ROOT
 
 
 @pytest.mark.parametrize(
-    "flags", [[], ["--pipelines"], ["--governance"]], ids=["one-pipeline", "pipelines", "governance"]
+    "flags",
+    [[], ["--pipelines"], ["--governance"], ["--rollout"]],
+    ids=["one-pipeline", "pipelines", "governance", "rollout"],
 )
 def test_the_demo_tells_its_story_to_the_end(flags):
     done = subprocess.run(
@@ -20,6 +22,12 @@ def test_the_demo_tells_its_story_to_the_end(flags):
     assert "\nOK: " in done.stdout and "Traceback" not in done.stdout + done.stderr
     if flags == ["--governance"]:
         assert "approved by ana@example.com" in done.stdout and "Autopilot.Run.AwaitingApproval" in done.stdout
+    if flags == ["--rollout"]:
+        assert (
+            "shadow" in done.stdout
+            and "canary" in done.stdout
+            and "RolledBack: canary: probe error rate" in done.stdout
+        )
     if flags == ["--pipelines"]:
         assert "Registered in the Azure ML workspace: fraud version" in done.stdout  # a batch-endpoint pipeline
         assert "Registered in the Azure ML workspace: retail version" in done.stdout  # a Command job
