@@ -365,7 +365,8 @@ def rollout_story(svc, host, emulator: EmulatorProcess, timeout: float) -> bool:
     say("\n(The emulator now degrades every new deployment once it has live traffic.)")
     third, after_third = upload_and_roll("census/2026-12.csv", generate(700, seed=33, label_noise=0.1).encode())
     rollout = after_third.rollout
-    say(fit(f"  run {third.run_id}: {third.status}; {third.targets['census-online']['status']}: {rollout['reason']}"))
+    say(f"  run {third.run_id}: {third.status}; census-online {third.targets['census-online']['status']}")
+    say(fit(f"  why: {rollout['reason']}"))
     final = endpoint()
     say("\nThe endpoint now:")
     table(

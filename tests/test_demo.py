@@ -23,11 +23,8 @@ def test_the_demo_tells_its_story_to_the_end(flags):
     if flags == ["--governance"]:
         assert "approved by ana@example.com" in done.stdout and "Autopilot.Run.AwaitingApproval" in done.stdout
     if flags == ["--rollout"]:
-        assert (
-            "shadow" in done.stdout
-            and "canary" in done.stdout
-            and "RolledBack: canary: probe error rate" in done.stdout
-        )
+        assert "  shadow " in done.stdout and "  canary " in done.stdout and "census-online RolledBack" in done.stdout
+        assert "why: canary: probe error rate" in done.stdout and "rolled back at the canary" in done.stdout
     if flags == ["--pipelines"]:
         assert "Registered in the Azure ML workspace: fraud version" in done.stdout  # a batch-endpoint pipeline
         assert "Registered in the Azure ML workspace: retail version" in done.stdout  # a Command job
