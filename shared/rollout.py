@@ -39,7 +39,7 @@ PROMOTED, ROLLED_BACK, ROLLBACK_FAILED = "Promoted", "RolledBack", "RollbackFail
 STEP_LEASE = dt.timedelta(minutes=2)
 OPERATION_MINUTES = 30.0  # an operation's deadline when the service gives no x-ms-async-operation-timeout
 PROBES_KEPT = 12
-ROLLBACK_ATTEMPTS = 5
+ROLLBACK_MINUTES = 60.0  # how long a rollback keeps trying through transient failures before it is RollbackFailed
 _DURATION = re.compile(r"P(?:(?P<d>\d+)D)?(?:T(?:(?P<h>\d+)H)?(?:(?P<m>\d+)M)?(?:(?P<s>\d+(?:\.\d+)?)S)?)?")
 
 
@@ -330,8 +330,16 @@ class Stage:
                 doc["last_error"] = {"code": "Unexpected", "message": message, "at": _iso(self.now)}
             if isinstance(exc, ServiceError) and not exc.transient and stage != "rollback":
                 self.fail(str(exc))
-        if doc["stage"] in ACTIVE and doc["stage"] != "rollback" and self.now > _parse(doc["deadline"]):
-            self.fail(f"stage {doc['stage']} passed its deadline ({doc['deadline']})")
+        if doc["stage"] in ACTIVE and self.now > _parse(doc["deadline"]):
+            if doc["stage"] == "rollback":
+                log.error("target %s: the rollback of run %s did not complete", self.target.name, doc["run"])
+                self.end(
+                    ROLLBACK_FAILED,
+                    f"{doc['reason']}; the rollback did not complete by {doc['deadline']}: "
+                    f"{doc.get('rollback_error') or 'no answer'}",
+                )
+            else:
+                self.fail(f"stage {doc['stage']} passed its deadline ({doc['deadline']})")
 
     # --- the stages ------------------------------------------------------------------------------
 
@@ -414,6 +422,9 @@ class Stage:
 
     def operation_done(self) -> bool:
         """Whether the stage's recorded operation has ended well (a failed one fails the stage)."""
+        if self.doc.get("pending"):  # the stage's PUT failed or its answer was lost: send it again
+            self.send(self.doc["pending"])
+            return False
         op = self.doc.get("op")
         if not op:
             return True
@@ -469,10 +480,18 @@ class Stage:
         traffic, mirror = decisions.stage_maps(
             stage, self.doc["previous"], self.doc["deployment"], r.mirror_percent, r.canary_percent
         )
+        # Before the PUT: if it fails or its answer is lost, the next tick sends it again (it is
+        # idempotent), and a rollback restores the maps whether or not it took effect.
+        self.doc["pending"], self.doc["touched"] = stage, True
         endpoint = self.deployer.endpoint()
-        self.doc["touched"] = True  # before the PUT: if its answer is lost, a rollback still restores
-        op = self.deployer.put_endpoint(online.endpoint_body(endpoint, traffic, mirror), stage)
+        try:
+            op = self.deployer.put_endpoint(online.endpoint_body(endpoint, traffic, mirror), stage)
+        except ServiceError as exc:
+            if exc.http_status == 409:  # an operation (perhaps our lost one) is still running: wait for it
+                exc.transient = True
+            raise
         self.doc["op"], self.doc["traffic"], self.doc["mirror"] = op.record(), traffic, mirror
+        self.doc.pop("pending", None)
 
     def fail(self, reason: str) -> None:
         """Roll back: the maps as they were (only if we changed them), the new deployment kept."""
@@ -485,20 +504,20 @@ class Stage:
             self.doc["op"] = None
             return self.end(ROLLED_BACK, f"{self.doc['reason']} (traffic untouched)")
         self.doc["stage"], self.doc["op"] = "rollback", None
+        self.doc["deadline"] = _iso(self.now + dt.timedelta(minutes=ROLLBACK_MINUTES))
         self.doc["stages"].append({"stage": "rollback", "at": _iso(self.now)})
         self.send_rollback()
 
     def send_rollback(self) -> None:
-        attempts = self.doc.get("rollback_attempts", 0)
-        if attempts >= ROLLBACK_ATTEMPTS:
-            return self.end(
-                ROLLBACK_FAILED, f"{self.doc['reason']}; the rollback failed: {self.doc.get('rollback_error')}"
-            )
-        self.doc["rollback_attempts"] = attempts + 1
+        """Put the previous maps back; a transient failure is tried again next tick (until the rollback's
+        deadline), one that can never succeed ends the rollout ``RollbackFailed``, for a person."""
+        self.doc["rollback_attempts"] = self.doc.get("rollback_attempts", 0) + 1
         try:
             self.send("rollback")
-        except ServiceError as exc:  # recorded; the next tick sends it again
+        except ServiceError as exc:
             self.doc["rollback_error"] = str(exc)[:500]
+            if not exc.transient:
+                self.end(ROLLBACK_FAILED, f"{self.doc['reason']}; the rollback failed: {self.doc['rollback_error']}")
 
     def probe(self) -> None:
         """Score ``probe_rows`` rows of the run's own training data straight at the new deployment."""
