@@ -268,11 +268,14 @@ def advance(svc, target, state: TargetState, *, actor: str, now: dt.datetime) ->
     stage.run_stage()
     live_change = stage.live_change
 
+    replaced: list = [None, None]  # what the change replaced, as the state we write over says
+
     def attempt(first=[held]) -> TargetState:  # noqa: B006 - the held state, tried once before a re-read
         current = first.pop() if first else svc.targets.get(target.name)
         if (current.rollout or {}).get("step", {}).get("owner") != owner:
             raise StaleError("lost the step lease")
         current.rollout = doc
+        replaced[:] = [current.live_run, current.live_model]
         if live_change:
             current.previous_run, current.previous_model = current.live_run, current.live_model
             current.live_run, current.live_model = doc["run"], doc["model"]
@@ -295,8 +298,8 @@ def advance(svc, target, state: TargetState, *, actor: str, now: dt.datetime) ->
                 "run": doc["run"],
                 "model": doc["model"],
                 "deployment": doc["deployment"],
-                "replaced_run": held.live_run,
-                "replaced_model": held.live_model,
+                "replaced_run": replaced[0],
+                "replaced_model": replaced[1],
                 "by": doc["by"],
             },
         )

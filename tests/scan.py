@@ -40,6 +40,9 @@ def secrets_used(emulator, svc=None) -> list[str]:
         if target.kind == "classic":
             location = svc.deployer(target).client.resource_location(target.resource_name) or {}
             found += _signature(location.get("SasBlobToken"))
+        if target.kind == "azureml-online":  # the endpoint's scoring key (or AML token) the probes used
+            deployer = svc.deployer(target)
+            found.append(deployer.scoring_credential(deployer.endpoint()))
     return [s for s in found if s]
 
 

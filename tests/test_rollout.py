@@ -137,6 +137,10 @@ def test_a_first_deploy_then_a_new_model_goes_through_shadow_and_canary_to_all_t
     assert set(final["deployments"]) == {blue, green}  # keep 2: the live one and the one to roll back to
     state = svc.targets.get("census-online")
     assert (state.live_run, state.previous_run) == (second.run_id, first.run_id)
+    [newest, oldest] = svc.targets.history("census-online")  # newest first: what replaced what
+    assert (newest["run"], newest["replaced_run"], oldest["run"], oldest.get("replaced_run")) == (
+        second.run_id, first.run_id, first.run_id, None,
+    )  # fmt: skip
     assert second.targets["census-online"]["status"] == deploy.DEPLOYED
     # PATCH is never used for traffic or model: every change was a PUT of the whole endpoint
     assert not requests_to(fresh_emulator, "v2.online.endpoint.patch")
