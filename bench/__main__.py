@@ -560,6 +560,175 @@ def _csv_stream(size: int):
         sent += len(part)
 
 
+def _rollout_world(lab: Lab, rollout_fields: dict, **extra: str):
+    """A v2 pipeline (Command jobs) whose one target is the emulator's Key-auth online endpoint."""
+    info = lab.emulator.info
+    trainer = {
+        "kind": "azureml",
+        "workspace": info["v2_workspace"],
+        "datastore": "bench",
+        "model_name": "bench",
+        "management_url": lab.emulator.url,
+        "job": {"command": "python train.py", "environmentId": "azureml:env:1"},
+    }
+    target = {
+        "name": "online",
+        "kind": "azureml-online",
+        "endpoint": f"{info['v2_workspace']}/onlineEndpoints/{info['v2_online_endpoint']}",
+        "management_url": lab.emulator.url,
+        "rollout": rollout_fields,
+    }
+    pipeline = {
+        "name": "v2",
+        "blob_prefix": "",
+        "trainer": trainer,
+        "targets": ["online"],
+        "gate": {"metric": "AUC", "min": 0.5, "min_improvement": -1.0},
+    }
+    env = {
+        k: v
+        for k, v in lab.env(PIPELINES=json.dumps([pipeline]), DEPLOY_TARGETS=json.dumps([target]), **extra).items()
+        if not k.startswith("BES_")
+    }
+    lab.emulator.admin("POST", "reset")  # a fresh endpoint: no deployments of earlier figures
+    lab.emulator.admin("POST", "config", {"lro_seconds": 0.05, "job_seconds": 0.2})
+    svc = lab.services(env)
+    lab.emulator.admin("POST", "v2/datastores", {"name": "bench", "container": env["TRAINING_CONTAINER"]})
+    return env, svc
+
+
+def rollout_requests(lab: Lab) -> dict:
+    """Azure ML requests of one rollout (create → probe → shadow → canary → promote → retire) that
+    replaces a live model and retires the oldest deployment, against the protocol minimum; probes apart."""
+    import function_app
+    from localdev.runner import LocalHost
+
+    env, svc = _rollout_world(
+        lab, {"mirror_percent": 10, "mirror_minutes": 0, "canary_percent": 10, "bake_minutes": 0, "probe_rows": 5}
+    )
+    host = LocalHost(function_app.app, env, visibility_timeout=0)
+    minimum = {
+        "v2.online.endpoint.get": 4,  # the maps before; before each of shadow, canary, promote (GET → PUT)
+        "v2.online.deployment.get": 3,  # the live one (its settings); the new one provisioned; after promotion
+        # (we also GET the new name before creating it: a rollback to a kept deployment creates nothing)
+        "v2.online.deployment.put": 1,
+        "v2.online.endpoint.put": 3,  # shadow, canary, promote
+        "v2.online.operation": 4,  # each of the four operations once, when it has ended
+        "v2.online.keys": 1,  # once per rollout without a cache; ours keeps a key 10 minutes per process
+        "v2.online.deployments.list": 1,
+        "v2.online.deployment.delete": 1,
+    }
+    cycles = []
+    try:
+        for i in range(3):
+            since = time.time()  # the online endpoint's requests from here are the rollout's
+            lab.upload(env, f"rollout-{i}.csv", sample_data.generate(600, seed=70 + i).encode())
+            host.scan_blobs()
+            deadline = time.monotonic() + 60
+            while True:
+                run = next(r for r in svc.store.list_runs("v2") if r.blob_name == f"rollout-{i}.csv")
+                if run.ended:
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the rollout did not end: {run.status}")
+                time.sleep(0.12)  # each operation has ended by the next tick: the minimum is reachable
+                host.fire_timer("poll_runs")
+                host.pump_queues()
+            assert run.status == "Deployed", run.history
+            ml = lab.ml_requests(since)
+            probes = ml.pop("v2.online.score", 0)
+            ml = collections.Counter({k: v for k, v in ml.items() if k.startswith("v2.online")})
+            cycles.append({"azure_ml": dict(sorted(ml.items())), "azure_ml_total": sum(ml.values()), "probes": probes})
+    finally:
+        host.stop()
+    measured = cycles[2]
+    return {
+        "rollout": measured,
+        "first_deploy": cycles[0],
+        "protocol_minimum": minimum,
+        "protocol_minimum_total": sum(minimum.values()),
+        "ratio": round(measured["azure_ml_total"] / sum(minimum.values()), 2),
+        "note": "probes: 5 rows, one scoring request each, at create, shadow and canary; the third rollout "
+        "is measured (the second keeps both deployments; the third retires the oldest)",
+    }
+
+
+def rollout_latency(lab: Lab, trials: int = 3, poll_seconds: int = 10) -> dict:
+    """Job completion → deployment created, with the Event Grid nudge (the event posted as the job
+    completes) against the timer alone (a poll every ``poll_seconds``): seconds, against the emulator."""
+    import threading
+
+    import function_app
+    from localdev.runner import LocalHost
+
+    figure: dict = {"poll_seconds": poll_seconds, "trials": trials}
+    for mode in ("timer", "nudge"):
+        env, svc = _rollout_world(
+            lab, {"canary_percent": 0, "probe_rows": 1}, POLL_SCHEDULE=f"*/{poll_seconds} * * * * *"
+        )
+        host = LocalHost(function_app.app, env, visibility_timeout=0)
+        stop = threading.Event()
+
+        def run_host(host=host, stop=stop) -> None:
+            while not stop.is_set():
+                host.tick_timers()
+                host.pump_queues()
+                stop.wait(0.05)
+
+        runner = threading.Thread(target=run_host, daemon=True)
+        runner.start()
+        latencies = []
+        try:
+            for i in range(trials):
+                name = f"{mode}-{i}.csv"
+                lab.upload(env, name, sample_data.generate(400, seed=80 + i).encode())
+                host.scan_blobs()
+                run = next(r for r in svc.store.list_runs("v2") if r.blob_name == name)
+                deadline = time.monotonic() + 60
+                while (
+                    next(j for j in lab.emulator.admin("GET", "v2/jobs") if j["name"] == run.job_id)["status"]
+                    != "Completed"
+                ):
+                    if time.monotonic() > deadline:
+                        raise RuntimeError("the job did not complete")
+                    time.sleep(0.02)
+                completed = time.time()
+                if mode == "nudge":
+                    event = {
+                        "specversion": "1.0",
+                        "id": f"bench-{i}",
+                        "type": "Microsoft.MachineLearningServices.RunCompleted",
+                        "source": lab.emulator.info["v2_workspace"],
+                        "subject": f"experiments/1/runs/{run.job_id}",
+                        "data": {"runId": run.job_id},
+                    }
+                    host.post_event(event)
+
+                def creates(after: float = completed) -> list[float]:
+                    log = lab.emulator.admin("GET", "requests")
+                    return [r["at"] for r in log if r["route"] == "v2.online.deployment.put" and r["at"] >= after]
+
+                while not creates():
+                    if time.monotonic() > deadline:
+                        raise RuntimeError("no deployment was created")
+                    time.sleep(0.02)
+                created = min(creates())
+                latencies.append(round(created - completed, 3))
+                while not svc.store.get("v2", run.run_id).ended:  # end the rollout before the next trial
+                    if time.monotonic() > deadline + 60:
+                        raise RuntimeError("the rollout did not end")
+                    host.fire_timer("poll_runs")
+                    host.pump_queues()
+                    time.sleep(0.1)
+        finally:
+            stop.set()
+            runner.join()
+            host.stop()
+        figure[mode] = {"job_completed_to_deployment_created_s": latencies, "median_s": statistics.median(latencies)}
+    figure["speedup"] = round(figure["timer"]["median_s"] / max(figure["nudge"]["median_s"], 0.001), 1)
+    return figure
+
+
 FIGURES = {
     "cold_start": cold_start,
     "requests": requests_per_cycle,
@@ -568,6 +737,8 @@ FIGURES = {
     "poll_concurrency": poll_concurrency,
     "burst": burst,
     "memory": memory,
+    "rollout_requests": rollout_requests,
+    "rollout_latency": rollout_latency,
 }
 
 

@@ -450,6 +450,8 @@ class OnlineEndpoints:
 
     def _finish(self, op: str, endpoint: OnlineEndpoint, apply, deployment: Deployment | None) -> None:
         time.sleep(float(self.emulator.config.get("lro_seconds", 0.5)))
+        if op not in self.operations:
+            return  # the emulator was reset meanwhile: this operation's world is gone
         try:
             apply()
         except HttpError as exc:

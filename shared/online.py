@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import re
+import time
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -59,6 +60,7 @@ LIST_SHAPE = {"type": "object", "properties": {"value": {"type": "array", "items
 OPERATION_SHAPE = {"type": "object", "properties": {"status": {"type": ["string", "null"]}}}
 KEYS_SHAPE = {"type": "object", "required": ["primarykey"], "properties": {"primarykey": {"type": "string"}}}
 TOKEN_SHAPE = {"type": "object", "required": ["accesstoken"], "properties": {"accesstoken": {"type": "string"}}}
+CREDENTIAL_SECONDS = 600.0
 TERMINAL = {"succeeded": "Succeeded", "failed": "Failed", "canceled": "Canceled", "cancelled": "Canceled"}
 
 
@@ -239,6 +241,7 @@ class OnlineDeployer:
 
     def __init__(self, target: OnlineTarget, client: AzureMLClient, credential) -> None:
         self.target, self.client, self._credential = target, client, credential
+        self._scoring: tuple[str, str, float] | None = None  # (auth mode, credential, until)
         self._path = self.target.endpoint[len(self.target.workspace) :]
 
     def endpoint(self) -> dict:
@@ -300,27 +303,38 @@ class OnlineDeployer:
             return ("InProgress", None) if response.status_code == 202 else ("Succeeded", None)
         return "Succeeded", None  # no URL: the caller reads the resource's provisioningState
 
-    def scoring_credential(self, endpoint: dict) -> str:
-        """The credential of the endpoint's auth mode, held by the redactor: a key (``listKeys``), an AML
-        token (``token``) or an ``https://ml.azure.com`` token (``AADToken``)."""
-        mode = str(ci_get(ci_get(endpoint, "properties"), "authMode"))
-        if mode.lower() == "key":
+    def scoring_credential(self, auth_mode: str) -> str:
+        """The credential of the endpoint's auth mode, held by the redactor and kept for
+        ``CREDENTIAL_SECONDS`` (each probing tick would otherwise fetch it again): a key (``listKeys``),
+        an AML token (``token``) or an ``https://ml.azure.com`` token (``AADToken``, cached by azure-identity)."""
+        mode = str(auth_mode).lower()
+        if mode == "aadtoken":
+            return bearer_token(self._credential, ML_SCOPE, AzureMLError)
+        kept = self._scoring
+        if kept is not None and kept[0] == mode and time.monotonic() < kept[2]:
+            return kept[1]
+        if mode == "key":
             keys = read_json(
                 self.client.arm("keys", "POST", f"{self._path}/listKeys"), AzureMLError, "keys", KEYS_SHAPE
             )
-            key = ci_get(keys, "primaryKey")
-            hold(key)
-            return key
-        if mode.lower() == "amltoken":
+            secret = ci_get(keys, "primaryKey")
+            hold(secret)
+        elif mode == "amltoken":
             token = read_json(
                 self.client.arm("token", "POST", f"{self._path}/token"), AzureMLError, "token", TOKEN_SHAPE
             )
-            access = ci_get(token, "accessToken")
-            hold(access, ephemeral=True)  # expires: held while it may still be seen
-            return access
-        if mode.lower() == "aadtoken":
-            return bearer_token(self._credential, ML_SCOPE, AzureMLError)
-        raise AzureMLError(f"unknown authMode {shown(mode[:40])!r}", operation="probe", code="UnexpectedResponse")
+            secret = ci_get(token, "accessToken")
+            hold(secret, ephemeral=True)  # expires: held while it may still be seen
+        else:
+            raise AzureMLError(
+                f"unknown authMode {shown(str(auth_mode)[:40])!r}", operation="probe", code="UnexpectedResponse"
+            )
+        self._scoring = (mode, secret, time.monotonic() + CREDENTIAL_SECONDS)
+        return secret
+
+    def forget_credential(self) -> None:
+        """After a 401 from scoring: the key was rotated or the token expired; fetch it again next time."""
+        self._scoring = None
 
     def score(self, scoring_uri: str, credential: str, deployment: str, columns: list[str], row: list) -> str | None:
         """Score one row straight at ``deployment``; ``None`` if it answered a prediction, else why not."""
@@ -336,6 +350,8 @@ class OnlineDeployer:
                 headers={"azureml-model-deployment": deployment},
             )
         except AzureMLError as exc:
+            if exc.http_status == 401:
+                self.forget_credential()
             return str(exc)[:300]
         try:
             answer = response.json()

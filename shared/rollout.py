@@ -132,6 +132,7 @@ def begin(svc, target, run: Run, *, actor: str, kind: str):
         "traffic": previous["traffic"],
         "mirror": previous["mirror"],
         "scoring_uri": ci_get(properties, "scoringUri"),
+        "auth_mode": ci_get(properties, "authMode"),
         "touched": False,
         "started": _iso(now),
         "stage": "create",
@@ -384,6 +385,7 @@ class Stage:
         )
         run = self.svc.store.get(self.doc["pipeline"], self.doc["run"])
         self.live_change, self.metrics = True, dict(run.metrics) if run else None
+        self.doc["promoted"] = _iso(self.now)  # from here on the new model is live: nothing rolls back
         self.next()
 
     def _retire(self) -> None:
@@ -501,6 +503,9 @@ class Stage:
         log.warning(
             "target %s: rollout of run %s fails at %s: %s", self.target.name, self.doc["run"], self.doc["stage"], reason
         )
+        if self.doc.get("promoted"):  # only retiring is left: the rollout succeeded, the cleanup did not
+            retired = ", ".join(self.doc.get("retired") or []) or "nothing"
+            return self.end(PROMOTED, f"{self.doc['deployment']} has all traffic; retired {retired} ({reason})")
         self.doc["reason"] = f"{self.doc['stage']}: {reason}"
         self.doc["failed_stage"] = self.doc["stage"]
         if not self.doc.get("touched"):
@@ -539,7 +544,7 @@ class Stage:
         if not values:
             raise StageFailed(f"no rows to probe with in {run.blob_name if run else 'the run'}")
         if self._credential is None:
-            self._credential = self.deployer.scoring_credential(self.deployer.endpoint())
+            self._credential = self.deployer.scoring_credential(self.doc["auth_mode"])
         errors = [
             e
             for e in (

@@ -42,7 +42,7 @@ def secrets_used(emulator, svc=None) -> list[str]:
             found += _signature(location.get("SasBlobToken"))
         if target.kind == "azureml-online":  # the endpoint's scoring key (or AML token) the probes used
             deployer = svc.deployer(target)
-            found.append(deployer.scoring_credential(deployer.endpoint()))
+            found.append(deployer.scoring_credential("Key"))
     return [s for s in found if s]
 
 

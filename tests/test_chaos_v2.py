@@ -9,6 +9,7 @@ and rollback commands; invariants checked after every step and at the end.
 from __future__ import annotations
 
 import collections
+import datetime as dt
 import functools
 import itertools
 import json
@@ -22,6 +23,7 @@ import pytest
 
 from emulator import sample_data
 from shared import commands, poll, rollout, workflow
+from shared import runs as R
 from shared.store import DONE, FAILED, REJECTED
 from tests.conftest import upload
 from tests.loop import services
@@ -99,12 +101,11 @@ class V2Chaos:
             ]
         )
 
-    def tick(self) -> None:
-        together([threading.Thread(target=self.retried, args=(self._poll,)) for _ in range(2)])
+    def tick(self, late: bool = False) -> None:
+        now = R.utcnow() + dt.timedelta(hours=2) if late else None  # past every stage's deadline
+        poll_once = functools.partial(poll.poll, self.svc, actor=f"poll/{self.counter}", now=now)
+        together([threading.Thread(target=self.retried, args=(poll_once,)) for _ in range(2)])
         self.check_endpoint()
-
-    def _poll(self) -> None:
-        poll.poll(self.svc, actor=f"poll/{self.counter}")
 
     def fault(self) -> None:
         self.emulator.admin("POST", "faults", {**self.rng.choice(FAULTS), "times": self.rng.randint(1, 2)})
@@ -148,9 +149,14 @@ class V2Chaos:
         assert not {n for n, v in e["traffic"].items() if v} & {n for n, v in e["mirrorTraffic"].items() if v}, e
 
     def settle(self, deadline: float) -> None:
+        """Faults off; ticks and commands until all is quiet. A rollout that makes no progress for a while
+        (an operation that never ends) gets a tick past its stage's deadline, as a late poll would be."""
         self.emulator.admin("DELETE", "faults")
+        still = 0
         while time.monotonic() < deadline:
-            self.tick()
+            before = (self.svc.targets.get("online").rollout or {}).get("stages")
+            still = still + 1 if before and rollout.is_active(self.svc.targets.get("online")) else 0
+            self.tick(late=still > 15)
             self.pump()
             busy = [r for r in self.svc.store.list_runs("census") if not r.ended]
             state = self.svc.targets.get("online")

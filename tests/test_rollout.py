@@ -312,7 +312,7 @@ def test_operators_see_the_rollout_stage_maps_kept_deployments_and_probes(world,
         assert f"census-online: {stage}" in followed
     # the endpoint's scoring key was used for the probes, and is nowhere in what was recorded
     deployer = svc.deployer(svc.settings.target("census-online"))
-    secret = deployer.scoring_credential(deployer.endpoint())
+    secret = deployer.scoring_credential("Key")
     assert len(secret) > 20 and secret not in json.dumps(list(svc.targets.table.query_entities("")), default=str)
 
 
