@@ -594,6 +594,92 @@ def _slot(""",
         "        pass\n",
         ("tests/test_notify.py::test_a_rollback_is_announced_and_arrives_once_per_receiver",),
     ),
+    # --- safe rollout to online endpoints (issue 12) -------------------------------------------------
+    Mutant(
+        "rollout failure leaves the traffic it moved",
+        "shared/rollout.py",
+        'if not self.doc.get("touched"):',
+        "if True:",
+        ("tests/test_rollout.py::test_probe_errors_during_the_canary_roll_traffic_back_and_keep_the_live_model",),
+    ),
+    Mutant(
+        "canary split does not sum to 100",
+        "shared/decisions.py",
+        "result[name] += 1",
+        "result[name] += 0",
+        ("tests/test_decisions.py::test_a_canary_share_leaves_the_rest_in_proportion_and_sums_to_exactly_100",),
+    ),
+    Mutant(
+        "retire deletes the live or the rollback deployment",
+        "shared/decisions.py",
+        "if d[0].lower() not in {p.lower() for p in protected}",
+        "if d",
+        (
+            "tests/test_decisions.py::test_retire_deletes_the_oldest_beyond_keep_never_a_protected_one",
+            "tests/test_rollout.py::test_a_third_model_retires_the_oldest_deployment_but_never_the_live_or_the_rollback_one",
+        ),
+    ),
+    Mutant(
+        "probe errors never fail a rollout",
+        "shared/decisions.py",
+        "return rate, rate <= max_error_rate",
+        "return rate, True",
+        (
+            "tests/test_decisions.py::test_the_live_deployment_and_the_probe_verdict",
+            "tests/test_rollout.py::test_probe_errors_during_the_canary_roll_traffic_back_and_keep_the_live_model",
+        ),
+    ),
+    Mutant(
+        "endpoint PUT drops the mirror map",
+        "shared/online.py",
+        'body["properties"] = {**properties, "traffic": dict(traffic), "mirrorTraffic": dict(mirror)}',
+        'body["properties"] = {**properties, "traffic": dict(traffic)}',
+        ("tests/test_rollout.py::test_a_first_deploy_then_a_new_model_goes_through_shadow_and_canary_to_all_traffic",),
+    ),
+    Mutant(
+        "probes go through live traffic, not straight to the new deployment",
+        "shared/online.py",
+        'headers={"azureml-model-deployment": deployment},',
+        "headers={},",
+        ("tests/test_rollout.py::test_a_first_deploy_then_a_new_model_goes_through_shadow_and_canary_to_all_traffic",),
+    ),
+    Mutant(
+        "a queued model never starts",
+        "shared/rollout.py",
+        'done.append(f"{target.name}: {start_queued(svc, target, state, actor)}")',
+        'done.append("queued run left waiting")',
+        (
+            "tests/test_rollout.py::test_a_newer_model_waits_for_the_rollout_in_progress_and_the_newest_waiting_one_goes_next",
+        ),
+    ),
+    Mutant(
+        "a stage may pass its deadline",
+        "shared/rollout.py",
+        'if doc["stage"] in ACTIVE and self.now > _parse(doc["deadline"]):',
+        'if doc["stage"] in ACTIVE and False:',
+        ("tests/test_rollout.py::test_a_stage_past_its_deadline_is_rolled_back",),
+    ),
+    Mutant(
+        "a promoted model is rolled back when retiring fails",
+        "shared/rollout.py",
+        'if self.doc.get("promoted"):',
+        "if False:",
+        ("tests/test_rollout.py::test_once_promoted_a_retire_that_keeps_failing_ends_promoted_and_never_rolls_back",),
+    ),
+    Mutant(
+        "history names the wrong replaced run",
+        "shared/rollout.py",
+        "replaced[:] = [current.live_run, current.live_model]",
+        "replaced[:] = [doc['run'], doc['model']]",
+        ("tests/test_rollout.py::test_a_first_deploy_then_a_new_model_goes_through_shadow_and_canary_to_all_traffic",),
+    ),
+    Mutant(
+        "an Event Grid nudge checks any active run, not the event's job's",
+        "shared/mlevents.py",
+        "if run is None or run.job_id != parsed.job:",
+        "if run is None:",
+        ("tests/test_mlevents.py::test_an_event_for_another_job_leaves_a_running_job_to_the_timer",),
+    ),
 ]
 
 

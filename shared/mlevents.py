@@ -80,11 +80,7 @@ def nudge(svc, event: dict, *, actor: str, now: dt.datetime | None = None) -> st
         run = svc.store.get(slot.pipeline, slot.active_run)
         if run is None or run.job_id != parsed.job:
             continue
-        outcome = poll.poll_pipeline(svc, slot, actor, now or R.utcnow())
-        current = svc.store.get(slot.pipeline, slot.active_run)
-        if current is not None and current.status == R.APPROVED:  # judged now: hand it on now, too
-            slot = next((s for s in svc.store.slots() if s.pipeline == slot.pipeline), slot)
-            outcome = poll.poll_pipeline(svc, slot, actor, now or R.utcnow()) or outcome
+        outcome = poll.poll_pipeline(svc, slot, actor, now or R.utcnow())  # judged and handed on, as a tick does
         log.info("event %s: job %s of run %s checked: %s", parsed.event_id, parsed.job, run.run_id, outcome)
         return f"checked run {run.run_id}: {outcome.action if outcome else 'nothing to do'}"
     return f"ignored: job {parsed.job} is no active run's"

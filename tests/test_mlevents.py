@@ -112,3 +112,15 @@ def test_the_local_host_takes_events_on_event_grids_webhook_as_azure_delivers_th
     assert requests.post(url.replace("local-key", "wrong"), data=sample, headers=headers, timeout=5).status_code == 401
     other = url.replace("nudge_on_ml_event", "poll_runs")
     assert requests.post(other, data=sample, headers=headers, timeout=5).status_code == 404
+
+
+def test_an_event_for_another_job_leaves_a_running_job_to_the_timer(world, fresh_emulator):  # noqa: F811
+    env, host, svc = world()
+    put_blob(env, "census/2026-11.csv", GOOD)
+    host.scan_blobs()
+    [run] = svc.store.list_runs("census")
+    checks = len([r for r in fresh_emulator.admin("GET", "requests") if r["route"] == "v2.jobs.get"])
+    assert all(i.ok for i in host.post_event(event_for("someone-elses-job")))
+    after = len([r for r in fresh_emulator.admin("GET", "requests") if r["route"] == "v2.jobs.get"])
+    assert after == checks  # no status call: the event named a job that is no run's
+    assert svc.store.get("census", run.run_id).status == R.RUNNING

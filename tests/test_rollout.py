@@ -4,6 +4,7 @@ promote → retire, one stage per poll tick, and anything that goes wrong rolls 
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import threading
 import time
@@ -353,3 +354,28 @@ def test_a_newer_model_waits_for_the_rollout_in_progress_and_the_newest_waiting_
     state = svc.targets.get("census-online")
     assert state.live_run == fourth.run_id and state.previous_run == baking.run_id and state.queued_run is None
     assert svc.store.get("census", third.run_id).status != R.DEPLOYING  # it ended, never deployed
+
+
+def test_once_promoted_a_retire_that_keeps_failing_ends_promoted_and_never_rolls_back(world, fresh_emulator):
+    env, host, svc = world(rollout={"canary_percent": 0, "probe_rows": 2})
+    put_blob(env, "census/2026-11.csv", GOOD)
+    host.scan_blobs()
+    roll(host, svc, fresh_emulator, "census/2026-11.csv")
+    fresh_emulator.admin("POST", "faults", {"route": "v2.online.deployments.list", "status": 500})  # for good
+    put_blob(env, "census/2026-12.csv", ALSO_GOOD)
+    host.scan_blobs()
+    deadline = time.monotonic() + 30
+    while (svc.targets.get("census-online").rollout or {}).get("stage") != "retire" or not (
+        svc.targets.get("census-online").rollout.get("last_error")
+    ):
+        assert time.monotonic() < deadline, svc.targets.get("census-online").rollout
+        host.fire_timer("poll_runs")
+        host.pump_queues()
+        time.sleep(0.05)
+    later = R.utcnow() + dt.timedelta(hours=1)  # a tick past the retire stage's deadline
+    rollout.advance_all(svc, actor="late-tick", now=later)
+    state = svc.targets.get("census-online")
+    assert state.rollout["outcome"] == rollout.PROMOTED and "passed its deadline" in state.rollout["reason"]
+    second = next(r for r in svc.store.list_runs("census") if r.blob_name == "census/2026-12.csv")
+    assert second.status == R.DEPLOYED and state.live_run == second.run_id
+    assert endpoint_state(fresh_emulator)["traffic"] == {state.rollout["deployment"]: 100}  # not rolled back
