@@ -105,17 +105,21 @@ def begin(svc, target, run: Run, *, actor: str, kind: str):
         name = online.deployment_name(run.run_id)
         existing = deployer.deployment(name)
         same = existing is not None and str(ci_get(ci_get(existing, "properties"), "model")).lower() == model_id.lower()
+        recreate = None
         if same and _state(existing) == "Succeeded":
             op = None  # still there from an earlier rollout of this run (a rollback to it): nothing to create
         else:
             template = deployer.deployment(live) if live and live.lower() != name.lower() else None
             body = online.deployment_body(template, model_id, str(ci_get(endpoint, "location") or ""))
-            try:
-                op = deployer.put_deployment(name, body).record()
-            except ServiceError as exc:
-                if exc.http_status != 409:
-                    raise
-                op = {"url": None, "kind": "resource", "timeout": None}  # an earlier attempt's create is under way
+            if _state(existing) == "Deleting":  # an earlier rollout's retire is deleting it: create it once gone
+                op, recreate = None, body
+            else:
+                try:
+                    op = deployer.put_deployment(name, body).record()
+                except ServiceError as exc:
+                    if exc.http_status != 409:
+                        raise
+                    op = {"url": None, "kind": "resource", "timeout": None}  # an earlier attempt's create
     except Exception:
         deploy.release(svc, target, run)
         raise
@@ -137,6 +141,7 @@ def begin(svc, target, run: Run, *, actor: str, kind: str):
         "started": _iso(now),
         "stage": "create",
         "op": op,
+        "recreate": recreate,
         "probes": [],
         "stages": [{"stage": "create", "at": _iso(now)}],
     }
@@ -348,6 +353,12 @@ class Stage:
     # --- the stages ------------------------------------------------------------------------------
 
     def _create(self) -> None:
+        if self.doc.get("recreate"):  # waiting for a retire to delete the old deployment of this name
+            if self.deployer.deployment(self.doc["deployment"]) is not None:
+                return
+            self.doc["op"] = self.deployer.put_deployment(self.doc["deployment"], self.doc["recreate"]).record()
+            self.doc["recreate"] = None
+            return
         if not self.operation_done():
             return
         deployment = self.deployer.deployment(self.doc["deployment"])

@@ -379,3 +379,30 @@ def test_once_promoted_a_retire_that_keeps_failing_ends_promoted_and_never_rolls
     second = next(r for r in svc.store.list_runs("census") if r.blob_name == "census/2026-12.csv")
     assert second.status == R.DEPLOYED and state.live_run == second.run_id
     assert endpoint_state(fresh_emulator)["traffic"] == {state.rollout["deployment"]: 100}  # not rolled back
+
+
+def test_a_rollback_to_an_older_run_whose_deployment_was_retired_redeploys_its_model_version(world, fresh_emulator):
+    env, host, svc = world(keep_deployments=2, rollout={"canary_percent": 0, "probe_rows": 2})
+    for month, data in (("10", GOOD), ("11", ALSO_GOOD), ("12", GOOD)):
+        put_blob(env, f"census/2026-{month}.csv", data)
+        host.scan_blobs()
+        _, doc, _ = roll(host, svc, fresh_emulator, f"census/2026-{month}.csv")
+    oldest = list(svc.store.list_runs("census"))[-1]
+    assert doc["retired"]  # the oldest run's deployment is being deleted (a rollback waits until it is gone)
+    body = {"type": "rollback", "version": 1, "target": "census-online", "pipeline": "census", "to_run": oldest.run_id}
+    svc.storage.queue(svc.settings.commands_queue).send_message(json.dumps(body))
+    puts = len(requests_to(fresh_emulator, "v2.online.deployment.put"))
+    deadline = time.monotonic() + 30
+    while svc.targets.get("census-online").live_run != oldest.run_id or rollout.is_active(
+        svc.targets.get("census-online")
+    ):
+        assert time.monotonic() < deadline, (svc.targets.get("census-online").rollout, svc.commands.list())
+        host.pump_queues()
+        host.fire_timer("poll_runs")
+        time.sleep(0.1)
+    state = svc.targets.get("census-online")
+    assert len(requests_to(fresh_emulator, "v2.online.deployment.put")) == puts + 1  # its deployment made again
+    assert [s["stage"] for s in state.rollout["stages"]] == ["create", "promote", "retire", "Promoted"]
+    final = endpoint_state(fresh_emulator)
+    assert final["traffic"] == {state.rollout["deployment"]: 100}
+    assert final["deployments"][state.rollout["deployment"]]["model"] == oldest.model["id"] == state.live_model
