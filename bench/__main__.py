@@ -608,9 +608,11 @@ def rollout_requests(lab: Lab) -> dict:
     )
     host = LocalHost(function_app.app, env, visibility_timeout=0)
     minimum = {
-        "v2.online.endpoint.get": 4,  # the maps before; before each of shadow, canary, promote (GET → PUT)
-        "v2.online.deployment.get": 3,  # the live one (its settings); the new one provisioned; after promotion
-        # (we also GET the new name before creating it: a rollback to a kept deployment creates nothing)
+        # the maps before; before each of shadow, canary, promote (GET → PUT); promotion read back
+        "v2.online.endpoint.get": 5,
+        # the live one (its settings); the new one provisioned; still Succeeded in shadow and in canary;
+        # after promotion (we also GET the new name before creating it: a rollback to a kept one creates nothing)
+        "v2.online.deployment.get": 5,
         "v2.online.deployment.put": 1,
         "v2.online.endpoint.put": 3,  # shadow, canary, promote
         "v2.online.operation": 4,  # each of the four operations once, when it has ended
