@@ -261,11 +261,12 @@ def _check_target(svc, target, report: Report) -> None:
     print(f"target {target.name} ({target.kind})")
     live = svc.targets.peek(target.name)
     owner = svc.settings.pipeline_of_target(target.name)
-    model = (
-        live.live_model
-        if live and live.live_model
-        else f"{svc.settings.models_container}/{owner.name if owner else '<pipeline>'}/<run id>/model.ilearner"
-    )
+    if live and live.live_model:
+        model = live.live_model
+    elif getattr(target, "staged", False) and owner is not None:  # an online endpoint serves model versions
+        model = f"{target.workspace}/models/{owner.trainer.model_name}/versions/<run id>"
+    else:
+        model = f"{svc.settings.models_container}/{owner.name if owner else '<pipeline>'}/<run id>/model.ilearner"
     deployer = svc.deployer(target)
     try:
         report.ok("reachable", deployer.probe())

@@ -307,6 +307,9 @@ def test_operators_see_the_rollout_stage_maps_kept_deployments_and_probes(world,
     capsys.readouterr()
     assert cli.main(["targets", "--settings", path]) == 0
     assert "Promoted" in capsys.readouterr().out
+    assert cli.main(["check", "--settings", path]) == 0
+    checked = capsys.readouterr().out
+    assert "endpoint reachable, token accepted; authMode Key" in checked and "2 deployment(s)" in checked
     assert cli.main(["tail", run.run_id, "--settings", path, "--interval", "0.05"]) == 0
     followed = capsys.readouterr().out
     for stage in ("create", "probe", "shadow", "canary", "promote", "retire", "Promoted"):
