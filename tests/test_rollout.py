@@ -74,10 +74,13 @@ def world(app_env, fresh_emulator, monkeypatch):
 
 
 def endpoint_state(emulator, name="census-online") -> dict:
+    """The emulator's view of one endpoint: its maps and deployments (never its keys)."""
     return next(e for e in emulator.admin("GET", "v2/online") if e["endpoint"] == name)
 
 
-def roll(host, svc, emulator, blob: str, timeout: float = 60) -> tuple[R.Run, dict, list[dict]]:
+def roll(
+    host, svc, emulator, blob: str, timeout: float = 60, endpoint="census-online"
+) -> tuple[R.Run, dict, list[dict]]:
     """Tick until ``blob``'s run has ended on the target; the run, the final rollout and what the
     endpoint looked like after each tick (traffic always sums to 100 and names existing deployments)."""
     seen: list[dict] = []
@@ -85,12 +88,12 @@ def roll(host, svc, emulator, blob: str, timeout: float = 60) -> tuple[R.Run, di
     while time.monotonic() < deadline:
         host.fire_timer("poll_runs")
         host.pump_queues()
-        endpoint = endpoint_state(emulator)
-        traffic = endpoint["traffic"]
+        now = endpoint_state(emulator, endpoint)
+        traffic = now["traffic"]
         assert not traffic or sum(traffic.values()) == 100, traffic
-        assert set(traffic) | set(endpoint["mirrorTraffic"]) <= set(endpoint["deployments"]), endpoint
+        assert set(traffic) | set(now["mirrorTraffic"]) <= set(now["deployments"]), now
         state = svc.targets.get("census-online")
-        seen.append({**endpoint, "stage": (state.rollout or {}).get("stage")})
+        seen.append({**now, "stage": (state.rollout or {}).get("stage")})
         runs = [r for r in svc.store.list_runs("census") if r.blob_name == blob]
         if runs and runs[0].status in (R.DEPLOYED, R.FAILED, R.REJECTED, R.PARTIALLY_DEPLOYED):
             return runs[0], state.rollout, seen
@@ -409,3 +412,16 @@ def test_a_rollback_to_an_older_run_whose_deployment_was_retired_redeploys_its_m
     final = endpoint_state(fresh_emulator)
     assert final["traffic"] == {state.rollout["deployment"]: 100}
     assert final["deployments"][state.rollout["deployment"]]["model"] == oldest.model["id"] == state.live_model
+
+
+@pytest.mark.parametrize("endpoint", ["census-online-aml", "census-online-aad"])
+def test_probes_use_the_credential_of_each_auth_mode(world, fresh_emulator, endpoint):
+    env, host, svc = world(endpoint=endpoint, rollout={"canary_percent": 0, "probe_rows": 3})
+    put_blob(env, "census/2026-11.csv", GOOD)
+    host.scan_blobs()
+    run, doc, _ = roll(host, svc, fresh_emulator, "census/2026-11.csv", endpoint=endpoint)
+    assert run.status == R.DEPLOYED, doc
+    assert doc["auth_mode"] == {"census-online-aml": "AMLToken", "census-online-aad": "AADToken"}[endpoint]
+    assert doc["probes"][0]["errors"] == 0
+    routes = {r["route"] for r in requests_to(fresh_emulator, "v2.online.token")}
+    assert bool(routes) == (endpoint == "census-online-aml")  # an AML token is asked for; an Entra one is not
