@@ -180,13 +180,12 @@ class EmulatorProcess:
             "emulator",
             "--port",
             str(self.port),
-            "--api-key",
-            self.api_key,
+            f"--api-key={self.api_key}",  # one argument: a random key may start with "-"
             "--job-seconds",
             str(self.job_seconds),
         ]
         if self.storage_connection_string:
-            command += ["--storage-connection-string", self.storage_connection_string]
+            command += [f"--storage-connection-string={self.storage_connection_string}"]
         self.process = subprocess.Popen(
             command, cwd=ROOT, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}
         )
