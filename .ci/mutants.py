@@ -674,6 +674,13 @@ def _slot(""",
         ("tests/test_rollout.py::test_a_first_deploy_then_a_new_model_goes_through_shadow_and_canary_to_all_traffic",),
     ),
     Mutant(
+        "a hanging probe holds the tick",
+        "shared/rollout.py",
+        "if time.monotonic() > budget:",
+        "if False:",
+        ("tests/test_rollout.py::test_a_probe_that_hangs_is_bounded_and_its_unscored_rows_count_as_errors",),
+    ),
+    Mutant(
         "an Event Grid nudge checks any active run, not the event's job's",
         "shared/mlevents.py",
         "if run is None or run.job_id != parsed.job:",

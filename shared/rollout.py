@@ -22,6 +22,7 @@ import csv
 import datetime as dt
 import logging
 import re
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -39,6 +40,7 @@ PROMOTED, ROLLED_BACK, ROLLBACK_FAILED = "Promoted", "RolledBack", "RollbackFail
 STEP_LEASE = dt.timedelta(minutes=2)
 OPERATION_MINUTES = 30.0  # an operation's deadline when the service gives no x-ms-async-operation-timeout
 PROBES_KEPT = 12
+PROBE_SECONDS = 60.0  # a probe's rows not scored by then count as errors
 ROLLBACK_MINUTES = 60.0  # how long a rollback keeps trying through transient failures before it is RollbackFailed
 _DURATION = re.compile(r"P(?:(?P<d>\d+)D)?(?:T(?:(?P<h>\d+)H)?(?:(?P<m>\d+)M)?(?:(?P<s>\d+(?:\.\d+)?)S)?)?")
 
@@ -556,14 +558,15 @@ class Stage:
             raise StageFailed(f"no rows to probe with in {run.blob_name if run else 'the run'}")
         if self._credential is None:
             self._credential = self.deployer.scoring_credential(self.doc["auth_mode"])
-        errors = [
-            e
-            for e in (
-                self.deployer.score(self.doc["scoring_uri"], self._credential, self.doc["deployment"], columns, v)
-                for v in values
-            )
-            if e is not None
-        ]
+        errors: list[str] = []
+        budget = time.monotonic() + PROBE_SECONDS  # a hanging endpoint must not hold the tick for minutes
+        for n, row in enumerate(values):
+            if time.monotonic() > budget:
+                errors += [f"not scored within {PROBE_SECONDS:.0f}s"] * (len(values) - n)
+                break
+            error = self.deployer.score(self.doc["scoring_uri"], self._credential, self.doc["deployment"], columns, row)
+            if error is not None:
+                errors.append(error)
         rate, ok = decisions.probe_verdict(len(errors), len(values), self.target.rollout.max_probe_error_rate)
         result = {"at": _iso(self.now), "stage": self.doc["stage"], "rows": len(values), "errors": len(errors)}
         result.update(error_rate=round(rate, 4), ok=ok, **({"first_error": errors[0][:300]} if errors else {}))

@@ -425,3 +425,16 @@ def test_probes_use_the_credential_of_each_auth_mode(world, fresh_emulator, endp
     assert doc["probes"][0]["errors"] == 0
     routes = {r["route"] for r in requests_to(fresh_emulator, "v2.online.token")}
     assert bool(routes) == (endpoint == "census-online-aml")  # an AML token is asked for; an Entra one is not
+
+
+def test_a_probe_that_hangs_is_bounded_and_its_unscored_rows_count_as_errors(world, fresh_emulator, monkeypatch):
+    monkeypatch.setattr(rollout, "PROBE_SECONDS", 0.3)  # the budget, shortened so the test is quick
+    env, host, svc = world(rollout={"canary_percent": 0, "probe_rows": 5})
+    fresh_emulator.admin("POST", "faults", {"route": "v2.online.score", "delay": 0.4})  # every request slow
+    put_blob(env, "census/2026-11.csv", GOOD)
+    host.scan_blobs()
+    run, doc, _ = roll(host, svc, fresh_emulator, "census/2026-11.csv")
+    assert run.targets["census-online"]["status"] == deploy.ROLLED_BACK
+    [probe] = doc["probes"]
+    assert probe["rows"] == 5 and probe["errors"] == 4 and "not scored within 0s" in doc["reason"]
+    assert len(requests_to(fresh_emulator, "v2.online.score")) == 1  # the tick stopped waiting after one
