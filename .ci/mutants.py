@@ -655,7 +655,7 @@ def _slot(""",
     Mutant(
         "a stage may pass its deadline",
         "shared/rollout.py",
-        'if doc["stage"] in ACTIVE and self.now > _parse(doc["deadline"]):',
+        'if doc["stage"] in ACTIVE and self.now > R.parse_iso(doc["deadline"]):',
         'if doc["stage"] in ACTIVE and False:',
         ("tests/test_rollout.py::test_a_stage_past_its_deadline_is_rolled_back",),
     ),

@@ -292,18 +292,7 @@ def requests_per_v2_cycle(lab: Lab) -> dict:
     handler = {f.get_function_name(): f.get_user_function() for f in (t.build() for t in _functions(function_app))}
     figures = {}
     for mode in ("job", "batch_endpoint"):
-        trainer = {
-            "kind": "azureml",
-            "workspace": info["v2_workspace"],
-            "datastore": "bench",
-            "model_name": "bench",
-            "management_url": lab.emulator.url,
-            **(
-                {"job": {"command": "python train.py", "environmentId": "azureml:env:1"}}
-                if mode == "job"
-                else {"batch_endpoint": info["v2_batch_endpoint"]}
-            ),
-        }
+        trainer = _v2_trainer(lab, **({} if mode == "job" else {"batch_endpoint": info["v2_batch_endpoint"]}))
         pipelines = [{"name": "v2", "blob_prefix": "", "trainer": trainer, "gate": {"metric": "AUC", "min": 0.5}}]
         env = {
             k: v
@@ -560,17 +549,22 @@ def _csv_stream(size: int):
         sent += len(part)
 
 
-def _rollout_world(lab: Lab, rollout_fields: dict, **extra: str):
-    """A v2 pipeline (Command jobs) whose one target is the emulator's Key-auth online endpoint."""
-    info = lab.emulator.info
-    trainer = {
+def _v2_trainer(lab: Lab, **mode) -> dict:
+    """A v2 trainer on the emulator's workspace (datastore ``bench``): a Command job, or ``mode``."""
+    return {
         "kind": "azureml",
-        "workspace": info["v2_workspace"],
+        "workspace": lab.emulator.info["v2_workspace"],
         "datastore": "bench",
         "model_name": "bench",
         "management_url": lab.emulator.url,
-        "job": {"command": "python train.py", "environmentId": "azureml:env:1"},
+        **(mode or {"job": {"command": "python train.py", "environmentId": "azureml:env:1"}}),
     }
+
+
+def _rollout_world(lab: Lab, rollout_fields: dict, **extra: str):
+    """A v2 pipeline (Command jobs) whose one target is the emulator's Key-auth online endpoint."""
+    info = lab.emulator.info
+    trainer = _v2_trainer(lab)
     target = {
         "name": "online",
         "kind": "azureml-online",

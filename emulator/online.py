@@ -23,7 +23,6 @@ per route (``v2.online.score``, ``v2.online.endpoint.put``...), and the admin ro
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import re
 import secrets
@@ -595,8 +594,7 @@ def _rows(request: Request) -> list[dict]:
 def seed(services: OnlineEndpoints, workspace: Workspace) -> None:
     """Three endpoints without deployments, one per auth mode: ``census-online`` (Key),
     ``census-online-aml`` (AMLToken), ``census-online-aad`` (AADToken)."""
-    with contextlib.suppress(Exception):
-        services.operations.clear()
-        services.tokens.clear()
+    services.operations.clear()
+    services.tokens.clear()
     for name, mode in (("census-online", "Key"), ("census-online-aml", "AMLToken"), ("census-online-aad", "AADToken")):
         services.add(workspace, name, mode)

@@ -148,7 +148,9 @@ def claim(svc, target: Target, run: Run, kind: str) -> TargetState | PutResult:
         state = svc.targets.get(target.name)
         if state.live_run == run.run_id and state.deploying_run is None:
             return PutResult("already-live", f"{run.run_id} is already live on {target.name}")
-        rolling = (state.rollout or {}).get("run") if rollout_active(state) else None
+        from shared.rollout import is_active
+
+        rolling = (state.rollout or {}).get("run") if is_active(state) else None
         if rolling not in (None, run.run_id):  # a rollout holds its target until it ends, lease or not
             raise DeployError(
                 f"{target.name} is rolling out run {rolling} ({state.rollout['stage']})",
@@ -175,12 +177,6 @@ def claim(svc, target: Target, run: Run, kind: str) -> TargetState | PutResult:
         return retry_on_conflict(attempt, f"target {target.name}")
     except StaleError:
         raise DeployError(f"{target.name}: too contended", operation=kind, code="TargetBusy", transient=True) from None
-
-
-def rollout_active(state: TargetState) -> bool:
-    from shared.rollout import is_active
-
-    return is_active(state)
 
 
 def release(svc, target: Target, run: Run) -> None:
@@ -322,7 +318,7 @@ def decide(svc, pipeline: str, run_id: str, name: str, *, approve: bool, approve
             f"run {run_id} is not waiting for approval on {name} "
             f"(it is {waiting.get('status') or 'not deploying there'})"
         )
-    if dt.datetime.fromisoformat(waiting["until"].replace("Z", "+00:00")) <= utcnow():
+    if R.parse_iso(waiting["until"]) <= utcnow():
         _end_waiting(svc, pipeline, run_id, name, EXPIRED, f"the approval expired at {waiting['until']}", actor)
         raise CommandRejected(f"the approval of run {run_id} on {name} expired at {waiting['until']}")
     decision = {"approved": approve, "by": approver, "reason": reason, "at": R.iso(utcnow())}

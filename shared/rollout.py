@@ -53,14 +53,6 @@ def is_active(state: TargetState | None) -> bool:
     return bool(state and state.rollout and state.rollout.get("stage") in ACTIVE)
 
 
-def _iso(moment: dt.datetime) -> str:
-    return R.iso(moment)
-
-
-def _parse(text: str | None) -> dt.datetime | None:
-    return dt.datetime.fromisoformat(text.replace("Z", "+00:00")) if text else None
-
-
 def operation_minutes(timeout: str | None) -> float:
     """The minutes an ISO-8601 ``x-ms-async-operation-timeout`` allows (our default without one)."""
     match = _DURATION.fullmatch(timeout or "")
@@ -140,12 +132,12 @@ def begin(svc, target, run: Run, *, actor: str, kind: str):
         "scoring_uri": ci_get(properties, "scoringUri"),
         "auth_mode": ci_get(properties, "authMode"),
         "touched": False,
-        "started": _iso(now),
+        "started": R.iso(now),
         "stage": "create",
         "op": op,
         "recreate": recreate,
         "probes": [],
-        "stages": [{"stage": "create", "at": _iso(now)}],
+        "stages": [{"stage": "create", "at": R.iso(now)}],
     }
     _enter_deadline(doc, now, target)
 
@@ -230,7 +222,7 @@ def _enter_deadline(doc: dict, now: dt.datetime, target) -> None:
     """A stage's deadline: its operation's allowed time, plus its soak (mirror or bake) time."""
     minutes = operation_minutes((doc.get("op") or {}).get("timeout"))
     soak = {"shadow": target.rollout.mirror_minutes, "canary": target.rollout.bake_minutes}.get(doc["stage"], 0.0)
-    doc["deadline"] = _iso(now + dt.timedelta(minutes=minutes + soak))
+    doc["deadline"] = R.iso(now + dt.timedelta(minutes=minutes + soak))
 
 
 # --- moving them on (every poll tick) ----------------------------------------------------------------
@@ -263,9 +255,9 @@ def advance(svc, target, state: TargetState, *, actor: str, now: dt.datetime) ->
     """Take the rollout's step lease, do its stage's work, write the result back under the lease."""
     owner = uuid.uuid4().hex
     step = state.rollout.get("step") or {}
-    if step and not lease_lapsed(_parse(step.get("until")), state.written_at, STEP_LEASE, now):
+    if step and not lease_lapsed(R.parse_iso(step.get("until")), state.written_at, STEP_LEASE, now):
         return "busy"  # another tick (or instance) is on it
-    state.rollout = {**state.rollout, "step": {"owner": owner, "until": _iso(now + STEP_LEASE)}}
+    state.rollout = {**state.rollout, "step": {"owner": owner, "until": R.iso(now + STEP_LEASE)}}
     try:
         held = svc.targets.save(state)
     except StaleError:
@@ -323,7 +315,6 @@ class Stage:
         self.svc, self.target, self.doc, self.now, self.actor = svc, target, doc, now, actor
         self.deployer = svc.deployer(target)
         self.live_change, self.metrics = False, None
-        self._credential: str | None = None
 
     def run_stage(self) -> None:
         doc = self.doc
@@ -334,14 +325,14 @@ class Stage:
             self.fail(str(exc))
         except Exception as exc:  # recorded; a transient one is tried again next tick, within the deadline
             if isinstance(exc, ServiceError):
-                doc["last_error"] = {**exc.as_record(), "at": _iso(self.now)}
+                doc["last_error"] = {**exc.as_record(), "at": R.iso(self.now)}
             else:
                 log.exception("target %s: unexpected error in rollout stage %s", self.target.name, stage)
                 message = redact(f"{type(exc).__name__}: {exc}")[:500]
-                doc["last_error"] = {"code": "Unexpected", "message": message, "at": _iso(self.now)}
+                doc["last_error"] = {"code": "Unexpected", "message": message, "at": R.iso(self.now)}
             if isinstance(exc, ServiceError) and not exc.transient and stage != "rollback":
                 self.fail(str(exc))
-        if doc["stage"] in ACTIVE and self.now > _parse(doc["deadline"]):
+        if doc["stage"] in ACTIVE and self.now > R.parse_iso(doc["deadline"]):
             if doc["stage"] == "rollback":
                 log.error("target %s: the rollback of run %s did not complete", self.target.name, doc["run"])
                 self.end(
@@ -398,7 +389,7 @@ class Stage:
         )
         run = self.svc.store.get(self.doc["pipeline"], self.doc["run"])
         self.live_change, self.metrics = True, dict(run.metrics) if run else None
-        self.doc["promoted"] = _iso(self.now)  # from here on the new model is live: nothing rolls back
+        self.doc["promoted"] = R.iso(self.now)  # from here on the new model is live: nothing rolls back
         self.next()
 
     def _retire(self) -> None:
@@ -452,7 +443,7 @@ class Stage:
         if status != "Succeeded":
             raise StageFailed(f"the {self.doc['stage']} operation ended {status}: {error or 'no reason given'}")
         self.doc["op"] = None
-        self.doc["stage_since"] = _iso(self.now)  # the stage's change is in effect from now
+        self.doc["stage_since"] = R.iso(self.now)  # the stage's change is in effect from now
         return True
 
     def check_deployment(self, deployment: dict | None) -> None:
@@ -470,7 +461,7 @@ class Stage:
             return
         self.check_deployment(self.deployer.deployment(self.doc["deployment"]))
         self.probe()
-        since = _parse(self.doc.get("stage_since")) or self.now
+        since = R.parse_iso(self.doc.get("stage_since")) or self.now
         if self.now >= since + dt.timedelta(minutes=minutes):
             self.next()
 
@@ -484,8 +475,8 @@ class Stage:
             mirror_percent=r.mirror_percent,
             canary_percent=r.canary_percent,
         )
-        self.doc["stage"], self.doc["op"], self.doc["stage_since"] = following, None, _iso(self.now)
-        self.doc["stages"].append({"stage": following, "at": _iso(self.now)})
+        self.doc["stage"], self.doc["op"], self.doc["stage_since"] = following, None, R.iso(self.now)
+        self.doc["stages"].append({"stage": following, "at": R.iso(self.now)})
         if following in ("shadow", "canary", "promote"):
             self.send(following)
         _enter_deadline(self.doc, self.now, self.target)
@@ -525,8 +516,8 @@ class Stage:
             self.doc["op"] = None
             return self.end(ROLLED_BACK, f"{self.doc['reason']} (traffic untouched)")
         self.doc["stage"], self.doc["op"] = "rollback", None
-        self.doc["deadline"] = _iso(self.now + dt.timedelta(minutes=ROLLBACK_MINUTES))
-        self.doc["stages"].append({"stage": "rollback", "at": _iso(self.now)})
+        self.doc["deadline"] = R.iso(self.now + dt.timedelta(minutes=ROLLBACK_MINUTES))
+        self.doc["stages"].append({"stage": "rollback", "at": R.iso(self.now)})
         self.send_rollback()
 
     def send_rollback(self) -> None:
@@ -556,19 +547,18 @@ class Stage:
             ) from None
         if not values:
             raise StageFailed(f"no rows to probe with in {run.blob_name if run else 'the run'}")
-        if self._credential is None:
-            self._credential = self.deployer.scoring_credential(self.doc["auth_mode"])
+        credential = self.deployer.scoring_credential(self.doc["auth_mode"])  # kept by the deployer
         errors: list[str] = []
         budget = time.monotonic() + PROBE_SECONDS  # a hanging endpoint must not hold the tick for minutes
         for n, row in enumerate(values):
             if time.monotonic() > budget:
                 errors += [f"not scored within {PROBE_SECONDS:.0f}s"] * (len(values) - n)
                 break
-            error = self.deployer.score(self.doc["scoring_uri"], self._credential, self.doc["deployment"], columns, row)
+            error = self.deployer.score(self.doc["scoring_uri"], credential, self.doc["deployment"], columns, row)
             if error is not None:
                 errors.append(error)
         rate, ok = decisions.probe_verdict(len(errors), len(values), self.target.rollout.max_probe_error_rate)
-        result = {"at": _iso(self.now), "stage": self.doc["stage"], "rows": len(values), "errors": len(errors)}
+        result = {"at": R.iso(self.now), "stage": self.doc["stage"], "rows": len(values), "errors": len(errors)}
         result.update(error_rate=round(rate, 4), ok=ok, **({"first_error": errors[0][:300]} if errors else {}))
         self.doc["probes"] = [*self.doc["probes"], result][-PROBES_KEPT:]
         if not ok:
@@ -579,8 +569,8 @@ class Stage:
 
     def end(self, outcome: str, reason: str) -> None:
         self.doc["stage"], self.doc["outcome"], self.doc["reason"] = "done", outcome, reason
-        self.doc["ended"] = _iso(self.now)
-        self.doc["stages"].append({"stage": outcome, "at": _iso(self.now)})
+        self.doc["ended"] = R.iso(self.now)
+        self.doc["stages"].append({"stage": outcome, "at": R.iso(self.now)})
 
 
 def _record_end(svc, target, doc: dict, actor: str) -> None:

@@ -237,3 +237,8 @@ class Run:
 def iso(value: dt.datetime) -> str:
     """A UTC timestamp as recorded in histories: ISO 8601, milliseconds, ``Z``."""
     return value.astimezone(dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_iso(text: str | None) -> dt.datetime | None:
+    """A timestamp written by :func:`iso` (or any ISO 8601 with ``Z``) read back; ``None`` for none."""
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00")) if text else None

@@ -530,7 +530,7 @@ def _num(value: float | None) -> str:
 def _ago(iso: str | None, now: dt.datetime) -> str:
     if not iso:
         return "—"
-    seconds = int((now - dt.datetime.fromisoformat(iso.replace("Z", "+00:00"))).total_seconds())
+    seconds = int((now - R.parse_iso(iso)).total_seconds())
     for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
         if seconds >= size:
             return f"{seconds // size} {unit} ago"

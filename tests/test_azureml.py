@@ -52,24 +52,28 @@ def world_env(app_env, emulator, *, trainer: dict, gate: dict | None = None, **e
     return {**flat, "PIPELINES": json.dumps(pipelines), "CHURN_BES_KEY": app_env["BES_API_KEY"], **extra}
 
 
+def v2_host(env: dict, emulator, monkeypatch, hosts: list):
+    """The app on ``env`` (a v2 world: no flat BES settings), the emulator's ``autopilot_training``
+    datastore on its training container, and a local host (added to ``hosts``, for stopping)."""
+    for name in ("BES_JOBS_URL", "BES_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    emulator.admin("POST", "v2/datastores", {"name": "autopilot_training", "container": env["TRAINING_CONTAINER"]})
+    host = LocalHost(function_app.app, env, visibility_timeout=0)
+    hosts.append(host)
+    from shared.workflow import get_services
+
+    return env, host, get_services()
+
+
 @pytest.fixture
 def make_world(app_env, fresh_emulator, monkeypatch):
-    hosts = []
+    hosts: list = []
 
     def make(trainer: dict, **kwargs):
         env = world_env(app_env, fresh_emulator, trainer=trainer, POLL_SCHEDULE="*/1 * * * * *", **kwargs)
-        for name in ("BES_JOBS_URL", "BES_API_KEY"):
-            monkeypatch.delenv(name, raising=False)
-        for name, value in env.items():
-            monkeypatch.setenv(name, value)
-        fresh_emulator.admin(
-            "POST", "v2/datastores", {"name": "autopilot_training", "container": env["TRAINING_CONTAINER"]}
-        )
-        host = LocalHost(function_app.app, env, visibility_timeout=0)
-        hosts.append(host)
-        from shared.workflow import get_services
-
-        return env, host, get_services()
+        return v2_host(env, fresh_emulator, monkeypatch, hosts)
 
     yield make
     for host in hosts:

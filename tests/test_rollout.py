@@ -11,12 +11,10 @@ import time
 
 import pytest
 
-import function_app
 from emulator import sample_data
-from localdev.runner import LocalHost
 from shared import deploy, rollout
 from shared import runs as R
-from tests.test_azureml import JOB, v2_trainer
+from tests.test_azureml import JOB, v2_host, v2_trainer
 from tests.test_function_app import put_blob
 
 GOOD = sample_data.generate(600, seed=31, label_noise=0.1).encode()
@@ -55,18 +53,7 @@ def world(app_env, fresh_emulator, monkeypatch):
             "DEPLOY_TARGETS": json.dumps([online_target(fresh_emulator, **target_fields)]),
             "POLL_SCHEDULE": "*/1 * * * * *",
         }
-        for name in ("BES_JOBS_URL", "BES_API_KEY"):
-            monkeypatch.delenv(name, raising=False)
-        for name, value in env.items():
-            monkeypatch.setenv(name, value)
-        fresh_emulator.admin(
-            "POST", "v2/datastores", {"name": "autopilot_training", "container": env["TRAINING_CONTAINER"]}
-        )
-        host = LocalHost(function_app.app, env, visibility_timeout=0)
-        hosts.append(host)
-        from shared.workflow import get_services
-
-        return env, host, get_services()
+        return v2_host(env, fresh_emulator, monkeypatch, hosts)
 
     yield make
     for host in hosts:
